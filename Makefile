@@ -1,0 +1,123 @@
+# Aeterna developer entry points.
+#
+# Works on a fresh Debian 12 machine that has only python3: as root, missing
+# Debian packages are installed with apt-get (once, and only when something is
+# missing); as a normal user, what is missing is reported and the run goes on
+# (tests that need those tools skip).
+#
+#   make demo    venv + `aeterna start -c units/` in the foreground
+#   make test    system packages, venv with test extras, ruff, mypy, pytest
+#                (extra pytest arguments: make test PYTEST_ARGS='-k loader -x')
+#   make bench   system packages, venv, then every bench/*.py
+#   make lint    ruff + mypy only
+#   make clean   remove the venv, caches and build output
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON      ?= python3
+VENV        ?= .venv
+VPY         := $(VENV)/bin/python
+PIP         := $(VPY) -m pip
+PIP_FLAGS   ?= --quiet --disable-pip-version-check
+PYTEST_ARGS ?=
+
+STAMP_RUN   := $(VENV)/.stamp-run
+STAMP_TEST  := $(VENV)/.stamp-test
+
+# Debian packages the test suite and benchmarks use.
+APT_PACKAGES ?= python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
+                tini dumb-init supervisor wrk util-linux procps iproute2 golang-go
+
+# The `test` extra from pyproject.toml, less systemd-python.
+TEST_DEPS_NO_SYSTEMD := import tomllib; \
+    d = tomllib.load(open("pyproject.toml", "rb")); \
+    print(" ".join(r for r in d["project"]["optional-dependencies"]["test"] \
+                   if not r.lower().startswith("systemd-python")))
+
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: help demo test lint bench clean sysdeps venv
+
+help:
+	@echo "targets: demo test lint bench clean sysdeps"
+
+# --------------------------------------------------------------------------- system packages
+# Cheap when everything is there: a single dpkg-query call.
+sysdeps:
+	@if ! command -v dpkg-query >/dev/null 2>&1; then \
+	    echo "sysdeps: not a Debian system; make sure these are installed: $(APT_PACKAGES)"; \
+	    exit 0; \
+	fi; \
+	installed=" $$( { dpkg-query -W -f='$${Package} $${db:Status-Status}\n' $(APT_PACKAGES) 2>/dev/null || true; } \
+	               | awk '$$2 == "installed" { printf "%s ", $$1 }')"; \
+	missing=""; \
+	for p in $(APT_PACKAGES); do \
+	    case "$$installed" in *" $$p "*) ;; *) missing="$$missing $$p";; esac; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "sysdeps: WARNING: missing Debian packages:$$missing"; \
+	    echo "sysdeps: run 'sudo make sysdeps' (or: sudo apt-get install$$missing);"; \
+	    echo "sysdeps: continuing, tests that need them will skip."; \
+	    exit 0; \
+	fi; \
+	echo "sysdeps: installing missing Debian packages:$$missing"; \
+	apt-get update -q; \
+	apt-get install -y -q --no-install-recommends $$missing
+
+# --------------------------------------------------------------------------- virtualenv
+# Debian's python3 has no ensurepip until python3-venv is installed.
+$(VPY):
+	@if ! $(PYTHON) -c 'import venv, ensurepip' >/dev/null 2>&1; then \
+	    $(MAKE) --no-print-directory sysdeps APT_PACKAGES=python3-venv; \
+	fi
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
+
+venv: $(VPY)
+
+$(STAMP_RUN): pyproject.toml | $(VPY)
+	$(PIP) install $(PIP_FLAGS) -e .
+	@touch $@
+
+# systemd-python compiles against libsystemd-dev; when that is missing (not
+# root, not Debian) install the rest of the test extra without it.
+$(STAMP_TEST): pyproject.toml sdk/python/pyproject.toml | sysdeps $(VPY)
+	if ! $(PIP) install $(PIP_FLAGS) -e '.[test]'; then \
+	    echo "WARNING: installing .[test] failed; retrying without systemd-python"; \
+	    $(PIP) install $(PIP_FLAGS) -e . ; \
+	    $(PIP) install $(PIP_FLAGS) $$($(VPY) -c '$(TEST_DEPS_NO_SYSTEMD)'); \
+	fi
+	$(PIP) install $(PIP_FLAGS) -e sdk/python
+	@touch $@ $(STAMP_RUN)
+
+# --------------------------------------------------------------------------- targets
+DEMO_CONTROL ?= /tmp/aeterna-demo.sock
+
+demo: $(STAMP_RUN)
+	@echo "demo: starting Aeterna on units/ (Ctrl-C stops everything)"
+	@echo "demo: try   curl http://127.0.0.1:8080/"
+	@echo "demo: and   $(VENV)/bin/aeterna --control $(DEMO_CONTROL) status"
+	@exec $(VENV)/bin/aeterna --control $(DEMO_CONTROL) start -c units/
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check aeterna sdk
+	$(VENV)/bin/mypy aeterna sdk/python/aeterna_sdk
+
+# pytest exits 5 when it collects no test; that is not a failure of the build.
+test: sysdeps lint
+	@rc=0; $(VENV)/bin/pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
+	exit $$rc
+
+bench: sysdeps $(STAMP_TEST)
+	@shopt -s nullglob; for f in bench/*.py; do \
+	    echo "== $$f"; \
+	    $(VPY) "$$f"; \
+	done
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info sdk/python/*.egg-info sdk/python/build \
+	       .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

@@ -1,0 +1,3 @@
+"""Aeterna: a process manager for zero-downtime, zero-amnesia upgrades."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,140 @@
+"""The ``aeterna`` command: ``start`` runs the manager; the other verbs are clients.
+
+Exit statuses: 0 done, 1 the action failed, 2 bad unit files or usage, 3 no
+manager answering. ``start`` exits with the status of its units (see
+``Manager.exit_status``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from . import __version__
+from .control import default_path, request
+from .loader import load_paths
+from .loader.errors import UnitErrors
+from .log import Log
+from .results import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aeterna", description="Zero-downtime process manager.")
+    p.add_argument("--version", action="version", version=f"aeterna {__version__}")
+    p.add_argument("--control", metavar="PATH", default=None,
+                   help="control socket (default: $AETERNA_CONTROL, /run/aeterna/control.sock "
+                        "for root, else under $XDG_RUNTIME_DIR)")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    s = sub.add_parser("start", help="run the manager in the foreground")
+    s.add_argument("-c", "--config", action="append", required=True, metavar="PATH",
+                   help="a unit file or a directory of them (repeatable)")
+    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    st = sub.add_parser("status", help="show units")
+    st.add_argument("unit", nargs="?")
+    st.add_argument("--json", action="store_true")
+    sp = sub.add_parser("stop", help="stop a unit, or everything (the manager exits)")
+    sp.add_argument("unit", nargs="?")
+    rs = sub.add_parser("restart", help="stop and start a unit")
+    rs.add_argument("unit")
+    rl = sub.add_parser("reload", help="re-read the unit files")
+    rl.add_argument("unit", nargs="?")
+    rl.add_argument("--no-block", action="store_true")
+    v = sub.add_parser("validate", help="check unit files without running anything")
+    v.add_argument("paths", nargs="+", metavar="PATH")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.verb is None:
+        _parser().print_help()
+        return EXIT_USAGE
+    if args.verb == "validate":
+        return _validate(args.paths)
+    if args.verb == "start":
+        return _start(args)
+    return _client(args)
+
+
+def _validate(paths: list[str]) -> int:
+    try:
+        result = load_paths(paths)
+    except UnitErrors as exc:
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        return EXIT_USAGE
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    for u in result.units:
+        print(f"{u.source.file}: {u.name}: ok")
+    return EXIT_OK
+
+
+def _start(args: argparse.Namespace) -> int:
+    from .manager import Manager
+
+    log = Log(level=args.log_level)
+    try:
+        loaded = load_paths(args.config)
+    except UnitErrors as exc:
+        for err in exc.errors:
+            print(err, file=sys.stderr)
+        return EXIT_USAGE
+    for w in loaded.warnings:
+        log.warning("unit.warning", warning=str(w))
+    control = args.control or default_path()
+    manager = Manager(list(args.config), loaded, log, control_path=control)
+    try:
+        return asyncio.run(manager.run())
+    except OSError as exc:
+        print(f"aeterna: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def _client(args: argparse.Namespace) -> int:
+    path = args.control or default_path()
+    unit = getattr(args, "unit", None)
+    try:
+        reply = request(path, args.verb, unit)
+    except (FileNotFoundError, ConnectionRefusedError):
+        print(f"aeterna: no manager is listening on {path}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except PermissionError:
+        print(f"aeterna: {path}: permission denied", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (OSError, ValueError) as exc:
+        print(f"aeterna: {path}: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    if not reply.get("ok"):
+        print(f"aeterna: {reply.get('error', 'failed')}", file=sys.stderr)
+        return EXIT_FAILED
+    result = reply["result"]
+    if args.verb == "status":
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            from .status import render
+
+            print(render(result))
+        return EXIT_OK
+    if args.verb == "reload":
+        if not result.get("ok", True):
+            for e in result.get("errors", []):
+                print(e, file=sys.stderr)
+            print("aeterna: reload rejected; the running configuration is kept",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        for key in ("added", "removed", "changed"):
+            for n in result.get(key, []):
+                print(f"{key}: {n}")
+        return EXIT_OK
+    print(json.dumps(result))
+    if args.verb in ("stop", "restart") and unit:
+        return EXIT_FAILED if result.get("state") == "failed" else EXIT_OK
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

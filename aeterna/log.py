@@ -1,0 +1,54 @@
+"""The manager's own log: one line per event, ``aeterna: EVENT key=value ...``.
+
+Event names and values (``result=exit-code``) are the same strings that
+``aeterna status`` and metrics use, so a log line can be grepped for what the
+CLI showed. Lines go to stderr; unit output goes through ``output``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any, TextIO
+
+LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+
+
+class Log:
+    def __init__(self, stream: TextIO | None = None, level: str = "info"):
+        self.stream = stream or sys.stderr
+        self.level = LEVELS.get(level, 20)
+
+    def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
+        if level < self.level:
+            return
+        parts = [f"aeterna: {event}"]
+        for key, value in fields.items():
+            if value is None:
+                continue
+            text = str(value.value if hasattr(value, "value") and not isinstance(
+                value, (int, float, str)) else value)
+            if not text or any(c in text for c in ' "='):
+                text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            parts.append(f"{key}={text}")
+        try:
+            self.stream.write(" ".join(parts) + "\n")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or full stderr must never take the manager down
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit(10, event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit(20, event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit(30, event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit(40, event, fields)
+
+
+def monotonic() -> float:
+    return time.monotonic()

@@ -1,0 +1,379 @@
+"""The manager: one asyncio loop that owns the units and turns everything into events.
+
+Signals (through asyncio's wakeup fd: the handlers only wake the loop), child
+exits (one reaper), control requests and timers all arrive here and are
+dispatched to the units' state machines. There are no threads and nothing is
+polled: an idle manager sleeps in epoll_wait with no timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import grp
+import os
+import pwd
+import signal
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from . import pid1
+from .loader import LoadResult, load_paths, start_order
+from .loader.errors import UnitErrors
+from .log import Log
+from .model import Unit
+from .output import LineRelay, make_pipe
+from .results import EXIT_FAILED, EXIT_OK
+from .spawn import SpawnRequest, spawn
+from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
+
+# Variables that describe *our* activation and must never leak to a child.
+_PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
+                "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "FDSTORE",
+                "AETERNA_CONTROL", "AETERNA_SRP_FD", "AETERNA_UNIT", "AETERNA_GENERATION")
+
+
+class Manager:
+    """Owns the units of one ``aeterna start`` and runs them until all have stopped."""
+
+    def __init__(self, paths: list[str], loaded: LoadResult, log: Log,
+                 control_path: str | None = None):
+        self.paths = paths
+        self.log = log
+        self.control_path = control_path
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.units: dict[str, UnitRuntime] = {}
+        for unit in loaded.units:
+            self.units[unit.name] = UnitRuntime(unit, self)
+        self.order = start_order({n: r.unit for n, r in self.units.items()})
+        self.shutting_down = False
+        self.orphans_reaped = 0
+        self._done: asyncio.Future[int] | None = None
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._control: Any = None
+        self._pending_stops: set[str] = set()  # a `stop UNIT` still working down its closure
+        self.base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+
+    # ------------------------------------------------------------------ run
+    async def run(self) -> int:
+        """Start every unit, serve until all have stopped, return the exit status."""
+        self.loop = asyncio.get_running_loop()
+        self._done = self.loop.create_future()
+        if not pid1.is_pid1():
+            pid1.set_subreaper()
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
+        for sig in pid1.STOP_SIGNALS:
+            loop.add_signal_handler(sig, self._on_stop_signal, sig)
+        for sig in pid1.FORWARD_SIGNALS:
+            loop.add_signal_handler(sig, self._forward, sig)
+        loop.add_signal_handler(pid1.RELOAD_SIGNAL, self._on_sighup)
+        if self.control_path:
+            from .control import ControlServer
+
+            self._control = ControlServer(self, self.control_path)
+            await self._control.start()
+        self.log.info("manager.started", pid=os.getpid(), units=len(self.units),
+                      control=self.control_path)
+        for name in self.order:
+            self.units[name].dispatch(Event.START)
+        self._check_finished()
+        # A child may have exited before our SIGCHLD handler existed.
+        self._on_sigchld()
+        try:
+            return await self._done
+        finally:
+            if self._control is not None:
+                await self._control.close()
+            for sig in (signal.SIGCHLD, *pid1.STOP_SIGNALS, *pid1.FORWARD_SIGNALS,
+                        pid1.RELOAD_SIGNAL):
+                loop.remove_signal_handler(sig)
+
+    # -------------------------------------------------------------- signals
+    def _on_sigchld(self) -> None:
+        """Reap everything; dispatch main-process exits; count orphans."""
+        by_pid = {r.main_pid: r for r in self.units.values() if r.main_pid is not None}
+        for pid, info in pid1.reap():
+            runtime = by_pid.pop(pid, None)
+            if runtime is not None:
+                runtime.dispatch(Event.EXITED, info=info)
+            else:
+                self.orphans_reaped += 1
+        for runtime in self.units.values():
+            if runtime.state in (State.STOPPING, State.KILLING):
+                runtime.check_group()
+
+    def _on_stop_signal(self, sig: int) -> None:
+        self.log.info("manager.signal", signal=signal.Signals(sig).name, action="stop-all")
+        self.shutdown()
+
+    def _forward(self, sig: int) -> None:
+        for runtime in self.units.values():
+            if runtime.main_pid is not None:
+                pid1.kill_pid(runtime.main_pid, sig)
+        self.log.info("manager.signal", signal=signal.Signals(sig).name, action="forwarded")
+
+    def _on_sighup(self) -> None:
+        self.log.info("manager.signal", signal="SIGHUP", action="reload")
+        self.reload()
+
+    # ------------------------------------------------------------- actions
+    def shutdown(self) -> None:
+        """Stop every unit in reverse dependency order, then exit."""
+        self.shutting_down = True
+        self._advance_shutdown()
+
+    def _dependents(self, name: str) -> list[UnitRuntime]:
+        return [r for r in self.units.values()
+                if any(d.name == name and d.order for d in r.unit.service.depends_on)]
+
+    def _advance_shutdown(self) -> None:
+        for name in reversed(self.order):
+            runtime = self.units[name]
+            if runtime.state in DOWN_STATES:
+                continue
+            if all(d.state in DOWN_STATES for d in self._dependents(name)):
+                runtime.dispatch(Event.STOP)
+
+    def stop_unit(self, name: str) -> None:
+        """Stop a unit, and first the units ordered after it that require it."""
+        todo = self._closure(name)
+        for n in reversed(self.order):
+            if n in todo:
+                runtime = self.units[n]
+                runtime.stop_requested = True
+                if all(d.state in DOWN_STATES for d in self._dependents(n) if d.name in todo):
+                    runtime.dispatch(Event.STOP)
+        self._pending_stops |= todo
+
+    def _closure(self, name: str) -> set[str]:
+        todo = {name}
+        changed = True
+        while changed:
+            changed = False
+            for r in self.units.values():
+                if r.name not in todo and any(d.name in todo and d.require
+                                              for d in r.unit.service.depends_on):
+                    todo.add(r.name)
+                    changed = True
+        return todo
+
+    def restart_unit(self, name: str) -> None:
+        runtime = self.units[name]
+        if runtime.state in DOWN_STATES or runtime.state is State.AUTO_RESTART:
+            runtime.dispatch(Event.START)
+        else:
+            runtime.pending_start = True
+            runtime.dispatch(Event.STOP)
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read and validate the unit files; report what changed, keep running config."""
+        try:
+            loaded = load_paths(self.paths)
+        except UnitErrors as exc:
+            for err in exc.errors:
+                self.log.error("reload.invalid", error=str(err))
+            self.log.error("reload.rejected", reason="invalid unit files",
+                           kept="running configuration")
+            return {"ok": False, "errors": [str(e) for e in exc.errors]}
+        new = loaded.by_name()
+        old = {n: r.unit for n, r in self.units.items()}
+        diff = {
+            "added": sorted(set(new) - set(old)),
+            "removed": sorted(set(old) - set(new)),
+            "changed": sorted(n for n in set(new) & set(old) if new[n] != old[n]),
+        }
+        for key, names in diff.items():
+            for n in names:
+                self.log.info("reload.diff", unit=n, change=key)
+        self.log.info("reload.checked", added=len(diff["added"]), removed=len(diff["removed"]),
+                      changed=len(diff["changed"]))
+        return {"ok": True, **diff}
+
+    # ---------------------------------------------------------- host API
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+        assert self.loop is not None
+        return self.loop.call_later(delay, callback)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self.log.info(event, **fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.log.warning(event, **fields)
+
+    def deps_state(self, unit: UnitRuntime) -> str:
+        """"up" when every ordered dependency is up, "failed" when a required one failed."""
+        result = "up"
+        for dep in unit.unit.service.depends_on:
+            other = self.units.get(dep.name)
+            if other is None:
+                continue
+            if other.state is State.FAILED:
+                if dep.require:
+                    return "failed"
+                continue
+            if other.state is State.INACTIVE and dep.require and not self.shutting_down:
+                other.dispatch(Event.START)
+            if dep.order and other.state not in UP_STATES and (
+                    dep.require or other.state is not State.INACTIVE):
+                result = "waiting"
+        return result
+
+    def spawn_main(self, runtime: UnitRuntime) -> int:
+        """Start the unit's main process with its env, identity and output pipes."""
+        assert self.loop is not None
+        req = self.build_request(runtime.unit, runtime.generation)
+        out_r, out_w = make_pipe()
+        err_r, err_w = make_pipe()
+        try:
+            req = _with(req, stdout=out_w, stderr=err_w)
+            pid = spawn(req)
+        except BaseException:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            raise
+        finally:
+            os.close(out_w)
+            os.close(err_w)
+        prefix = f"{runtime.name}[{pid}]: "
+        LineRelay(self.loop, out_r, prefix, sys.stdout.buffer)
+        LineRelay(self.loop, err_r, prefix, sys.stderr.buffer)
+        return pid
+
+    def build_request(self, unit: Unit, generation: int) -> SpawnRequest:
+        """Everything but the output pipes; raises OSError for a bad user or env file."""
+        svc = unit.service
+        env = dict(self.base_env)
+        for path, optional in svc.env_files:
+            env.update(read_env_file(path, optional))
+        env.update(svc.env)
+        env["AETERNA_UNIT"] = unit.name
+        env["AETERNA_GENERATION"] = str(generation)
+        uid = gid = None
+        groups: tuple[int, ...] | None = None
+        if svc.user:
+            pw = _getpw(svc.user)
+            uid, gid = pw.pw_uid, pw.pw_gid
+            groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
+            env.update(USER=pw.pw_name, LOGNAME=pw.pw_name, HOME=pw.pw_dir)
+        if svc.group:
+            gid = _getgr(svc.group)
+            if groups is None:
+                groups = (gid,)
+        return SpawnRequest(argv=svc.command, env=env, cwd=svc.working_directory,
+                            uid=uid, gid=gid, groups=groups, argv0=svc.argv0)
+
+    def changed(self, runtime: UnitRuntime) -> None:
+        """Every state change: wake waiters, unblock dependents, advance shutdown."""
+        if runtime.state in UP_STATES or runtime.state is State.FAILED:
+            for other in self.units.values():
+                if other.state is State.WAITING and other is not runtime:
+                    deps = self.deps_state(other)
+                    if deps == "up":
+                        other.dispatch(Event.DEPS_UP)
+                    elif deps == "failed":
+                        other.dispatch(Event.DEP_FAILED)
+        if runtime.state in DOWN_STATES and self._pending_stops:
+            pending = self._pending_stops
+            pending.discard(runtime.name)
+            for n in reversed(self.order):
+                r = self.units[n]
+                if n in pending and r.state not in DOWN_STATES and all(
+                        d.state in DOWN_STATES for d in self._dependents(n)
+                        if d.name in pending):
+                    r.dispatch(Event.STOP)
+        if self.shutting_down:
+            self._advance_shutdown()
+        still = []
+        for pred, fut in self._waiters:
+            if fut.done():
+                continue
+            if pred():
+                fut.set_result(None)
+            else:
+                still.append((pred, fut))
+        self._waiters = still
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        if self._done is None or self._done.done():
+            return
+        states = [r.state for r in self.units.values()]
+        settled = DOWN_STATES | ({State.EXITED} if not self.shutting_down else set())
+        if self.shutting_down:
+            settled = DOWN_STATES
+        if all(s in settled for s in states) and not any(
+                r.pending_start for r in self.units.values()):
+            code = self.exit_status()
+            self.log.info("manager.exiting", status=code, orphans_reaped=self.orphans_reaped)
+            self._done.set_result(code)
+
+    def exit_status(self) -> int:
+        """tini's convention for one unit; for several, non-zero if any failed."""
+        if len(self.units) == 1:
+            runtime = next(iter(self.units.values()))
+            if runtime.last_exit is not None:
+                return runtime.last_exit.shell_status
+            return EXIT_FAILED if runtime.state is State.FAILED else EXIT_OK
+        if any(r.state is State.FAILED for r in self.units.values()):
+            return EXIT_FAILED
+        return EXIT_OK
+
+    async def wait_for(self, pred: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait until ``pred()`` holds after some state change (or already does)."""
+        if pred():
+            return True
+        assert self.loop is not None
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._waiters.append((pred, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+def _with(req: SpawnRequest, **changes: Any) -> SpawnRequest:
+    from dataclasses import replace
+
+    return replace(req, **changes)
+
+
+def _getpw(name: str) -> pwd.struct_passwd:
+    try:
+        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
+    except KeyError:
+        raise OSError(f"no such user: {name!r}") from None
+
+
+def _getgr(name: str) -> int:
+    try:
+        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
+    except KeyError:
+        raise OSError(f"no such group: {name!r}") from None
+
+
+def read_env_file(path: str, optional: bool) -> dict[str, str]:
+    """systemd's EnvironmentFile=: KEY=VALUE lines, # and ; comments, optional quotes."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        if optional:
+            return {}
+        raise
+    env: dict[str, str] = {}
+    for raw in lines:
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("export "):
+            line = line[7:].lstrip()
+        key, eq, value = line.partition("=")
+        if not eq:
+            continue
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        env[key.strip()] = value
+    return env

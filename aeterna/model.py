@@ -1,0 +1,236 @@
+"""The frozen model of a unit: what the loaders produce and the manager reads.
+
+Every object here is immutable. A reload builds a whole new set of units and
+the manager compares them with the running ones; nothing edits a unit in place.
+Durations are float seconds (``math.inf`` for "infinity").
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import signal
+from dataclasses import dataclass, field
+
+
+class ServiceType(enum.Enum):
+    """When a started process counts as "up" (systemd's ``Type=``)."""
+
+    SIMPLE = "simple"
+    EXEC = "exec"
+    NOTIFY = "notify"
+    NOTIFY_RELOAD = "notify-reload"
+    ONESHOT = "oneshot"
+
+
+class RestartPolicy(enum.Enum):
+    """systemd's ``Restart=`` values."""
+
+    NO = "no"
+    ON_SUCCESS = "on-success"
+    ON_FAILURE = "on-failure"
+    ON_ABNORMAL = "on-abnormal"
+    ON_WATCHDOG = "on-watchdog"
+    ON_ABORT = "on-abort"
+    ALWAYS = "always"
+
+
+class KillMode(enum.Enum):
+    """Which processes the stop signal reaches (systemd's ``KillMode=``).
+
+    ``control-group`` is approximated by the unit's process group: Aeterna
+    does not create cgroups, so a child that calls setsid() escapes it.
+    """
+
+    CONTROL_GROUP = "control-group"
+    MIXED = "mixed"
+    PROCESS = "process"
+    NONE = "none"
+
+
+class NotifyAccess(enum.Enum):
+    """Who may send sd_notify messages for a unit."""
+
+    NONE = "none"
+    MAIN = "main"
+    EXEC = "exec"
+    ALL = "all"
+
+
+class Strategy(enum.Enum):
+    """How a reload replaces a unit's process."""
+
+    HOT_RELAY = "hot-relay"
+    RESTART = "restart"
+
+
+class SocketType(enum.Enum):
+    """The kind of listener, named after systemd's Listen* directives."""
+
+    STREAM = "stream"
+    DATAGRAM = "datagram"
+    SEQPACKET = "seqpacket"
+    FIFO = "fifo"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from, for error messages: file and 1-based line."""
+
+    file: str
+    line: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}" if self.line else self.file
+
+
+@dataclass(frozen=True)
+class Dependency:
+    """One edge of the dependency graph.
+
+    ``require``: the dependent fails when this unit fails to start.
+    ``order``: the dependent starts after this unit is up, and stops first.
+    """
+
+    name: str
+    require: bool = True
+    order: bool = True
+    source: Source = field(default=Source("<builtin>"), compare=False)
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Geometric growth of the restart delay: delay * factor**n, capped."""
+
+    factor: float = 1.0
+    max_delay: float = 0.0  # 0 = no cap beyond restart_sec growth
+
+
+@dataclass(frozen=True)
+class StartLimit:
+    """At most ``burst`` starts within ``interval`` seconds (0 = unlimited)."""
+
+    burst: int = 5
+    interval: float = 10.0
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    start: float = 90.0
+    stop: float = 90.0
+
+
+@dataclass(frozen=True)
+class ListenSpec:
+    """One listening socket of a unit, bound by the manager for its life."""
+
+    address: str
+    type: SocketType = SocketType.STREAM
+    name: str = ""
+    backlog: int = 4096
+    reuse_port: bool = False
+    ipv6_only: bool | None = None
+    nodelay: bool = False
+    keepalive: bool = False
+    receive_buffer: int = 0
+    send_buffer: int = 0
+    mode: int = 0o666
+    user: str = ""
+    group: str = ""
+    remove_on_stop: bool = False
+    source: Source = field(default=Source("<builtin>"), compare=False)
+
+
+@dataclass(frozen=True)
+class Service:
+    """How to run the unit's main process."""
+
+    name: str
+    command: tuple[str, ...]
+    type: ServiceType = ServiceType.SIMPLE
+    env: tuple[tuple[str, str], ...] = ()
+    env_files: tuple[tuple[str, bool], ...] = ()  # (path, optional)
+    working_directory: str = ""
+    user: str = ""
+    group: str = ""
+    restart: RestartPolicy = RestartPolicy.NO
+    restart_sec: float = 0.1
+    backoff: Backoff = Backoff()
+    start_limit: StartLimit = StartLimit()
+    timeouts: Timeouts = Timeouts()
+    stop_signal: signal.Signals = signal.SIGTERM
+    kill_mode: KillMode = KillMode.CONTROL_GROUP
+    depends_on: tuple[Dependency, ...] = ()
+    notify_access: NotifyAccess | None = None  # None = systemd's default rules
+    watchdog_sec: float = 0.0
+    watchdog_signal: signal.Signals = signal.SIGABRT
+    reload_signal: signal.Signals = signal.SIGHUP
+    fd_store_max: int = 0
+    success_exit_status: tuple[int, ...] = ()
+    exec_start_pre: tuple[tuple[str, ...], ...] = ()
+    exec_start_post: tuple[tuple[str, ...], ...] = ()
+    exec_reload: tuple[tuple[str, ...], ...] = ()
+    exec_stop: tuple[tuple[str, ...], ...] = ()
+    ignore_failure: bool = False  # ExecStart's "-" prefix
+    argv0: str = ""  # ExecStart's "@" prefix
+    sockets: tuple[ListenSpec, ...] = ()
+
+    def effective_notify_access(self) -> NotifyAccess:
+        """systemd's default: none, forced to main by notify types, a
+        watchdog or an fd store."""
+        if self.notify_access is not None:
+            return self.notify_access
+        if (
+            self.type in (ServiceType.NOTIFY, ServiceType.NOTIFY_RELOAD)
+            or self.watchdog_sec > 0
+            or self.fd_store_max > 0
+        ):
+            return NotifyAccess.MAIN
+        return NotifyAccess.NONE
+
+
+@dataclass(frozen=True)
+class Canary:
+    enabled: bool = False
+    soak_time: float = 0.0
+
+
+@dataclass(frozen=True)
+class StateHandoff:
+    enabled: bool = False
+    socket_path: str = ""
+    timeout: float = 30.0
+    required: bool = False
+    max_size: int = 0
+    persist_dir: str = ""
+
+
+@dataclass(frozen=True)
+class Orchestration:
+    strategy: Strategy = Strategy.RESTART
+    canary: Canary = Canary()
+    state_handoff: StateHandoff = StateHandoff()
+
+
+@dataclass(frozen=True)
+class Observability:
+    metrics_port: str = ""
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """A service, its sockets and its orchestration settings."""
+
+    service: Service
+    orchestration: Orchestration = Orchestration()
+    observability: Observability = Observability()
+    source: Source = field(default=Source("<builtin>"), compare=False)
+    description: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.service.name
+
+
+INFINITY = math.inf

@@ -1,0 +1,76 @@
+"""PID 1 duties: reap every child, become a subreaper, and pick signals to forward.
+
+There is one reaper in the whole manager: ``reap()`` loops ``waitpid(-1, WNOHANG)``
+until nothing is left, and the manager dispatches each status by pid. Orphans
+re-parented to us (as PID 1, or as a child subreaper) come back through the same
+loop and are simply counted.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+from .results import ExitInfo
+
+PR_SET_CHILD_SUBREAPER = 36
+
+# Signals that stop the manager, that it forwards to main processes, and reload.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
+FORWARD_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+RELOAD_SIGNAL = signal.SIGHUP
+
+
+def reap() -> list[tuple[int, ExitInfo]]:
+    """Collect every exited child, orphans included; never blocks."""
+    out: list[tuple[int, ExitInfo]] = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
+            continue
+        if pid == 0:
+            break
+        out.append((pid, ExitInfo.from_status(status)))
+    return out
+
+
+def is_pid1() -> bool:
+    return os.getpid() == 1
+
+
+def set_subreaper() -> bool:
+    """Ask the kernel to re-parent our orphaned descendants to us (Linux >= 3.4).
+
+    Without this, the orphans of a daemonizing child go to the real PID 1 and
+    we could neither reap nor account for them.
+    """
+    libc_name = ctypes.util.find_library("c") or "libc.so.6"
+    try:
+        libc = ctypes.CDLL(libc_name, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):  # pragma: no cover - non-Linux
+        return False
+
+
+def kill_group(pgid: int, sig: int) -> bool:
+    """Signal a process group; False if it no longer exists."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return False
+
+
+def kill_pid(pid: int, sig: int) -> bool:
+    try:
+        os.kill(pid, sig)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False

@@ -1,0 +1,210 @@
+"""Start a process with exactly the fds, environment, identity and cwd it is meant to have.
+
+We fork and exec ourselves instead of using ``subprocess``: the child must know
+its own pid to set ``LISTEN_PID``/``WATCHDOG_PID`` (systemd's gotcha: the pid is
+unknown before fork), its handed-down fds must land at 3, 4, ... without
+clobbering one another, and ``subprocess`` would reap behind the back of our one
+reaper. An exec failure is told apart from a crash by a close-on-exec pipe: EOF
+means the exec happened, bytes mean it did not, and carry the errno.
+"""
+
+from __future__ import annotations
+
+import errno as errno_mod
+import fcntl
+import os
+import shutil
+import signal
+from dataclasses import dataclass, field
+
+# Signals whose disposition Python changes (SIGPIPE, SIGXFSZ are ignored by the
+# interpreter; the rest get handlers from asyncio). exec() resets handled signals
+# but keeps ignored ones ignored, so every one is put back to SIG_DFL in the child.
+_CATCHABLE = [s for s in signal.valid_signals()
+              if s not in (signal.SIGKILL, signal.SIGSTOP)]
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """Everything needed to start one process."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str = ""
+    uid: int | None = None
+    gid: int | None = None
+    groups: tuple[int, ...] | None = None
+    # fds placed at 3, 4, ... in this order, inheritable; the child owns copies.
+    pass_fds: tuple[int, ...] = ()
+    # Of pass_fds, the ones whose O_NONBLOCK is cleared (listening sockets).
+    blocking_fds: frozenset[int] = field(default_factory=frozenset)
+    # An extra fd put at a fixed number above the LISTEN_FDS range (SRP channel).
+    extra_fd: tuple[int, int] | None = None  # (source fd, target number)
+    stdout: int | None = None  # fd to dup onto 1 (None: inherit ours)
+    stderr: int | None = None  # fd to dup onto 2
+    # Environment names whose value the child sets to its own pid before exec.
+    pid_env: tuple[str, ...] = ()
+    argv0: str = ""
+
+
+class SpawnError(Exception):
+    """The process could not be started. ``stage`` says which step failed."""
+
+    def __init__(self, stage: str, err: int, path: str):
+        self.stage = stage
+        self.errno = err
+        self.path = path
+        name = errno_mod.errorcode.get(err, str(err))
+        super().__init__(f"{stage} {path}: {name} ({os.strerror(err)})")
+
+    @property
+    def exit_status(self) -> int:
+        """The shell's convention: 127 for a missing program, 126 otherwise."""
+        return 127 if self.errno == errno_mod.ENOENT and self.stage == "exec" else 126
+
+
+def resolve(argv0: str, env: dict[str, str], cwd: str) -> str:
+    """Find the program like execvp does, with the child's PATH; raise SpawnError."""
+    if "/" in argv0:
+        path = argv0 if os.path.isabs(argv0) or not cwd else os.path.join(cwd, argv0)
+        if not os.path.exists(path):
+            raise SpawnError("exec", errno_mod.ENOENT, argv0)
+        return path
+    search = env.get("PATH", os.defpath)
+    found = shutil.which(argv0, path=search)
+    if found is None:
+        raise SpawnError("exec", errno_mod.ENOENT, argv0)
+    return found
+
+
+def spawn(req: SpawnRequest) -> int:
+    """Fork and exec ``req``; return the child's pid or raise SpawnError.
+
+    Blocks only until the child has exec'd (or failed to): that is when the
+    close-on-exec error pipe reaches EOF.
+    """
+    program = resolve(req.argv[0], req.env, req.cwd)
+    argv = list(req.argv)
+    if req.argv0:
+        argv[0] = req.argv0
+    env_items = [(k, v) for k, v in req.env.items() if k not in req.pid_env]
+    rfd, wfd = os.pipe2(os.O_CLOEXEC)
+    # Block signals across fork: a signal that reached the child before it reset
+    # its handlers would run the manager's handler, which writes to the *shared*
+    # asyncio wakeup fd and so would look to the manager as if sent to it.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
+    try:
+        pid = os.fork()
+    except OSError:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        os.close(rfd)
+        os.close(wfd)
+        raise
+    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
+        _child(req, program, argv, env_items, wfd)
+    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    os.close(wfd)
+    try:
+        # The child also calls setpgid; doing it here too closes the race where
+        # we signal the group before the child got to it.
+        os.setpgid(pid, pid)
+    except OSError:
+        pass
+    try:
+        data = b""
+        while True:
+            chunk = os.read(rfd, 512)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(rfd)
+    if data:
+        # The child wrote "stage:errno" and is exiting; reap it here (a specific
+        # pid, so the main reaper cannot lose a status to this).
+        os.waitpid(pid, 0)
+        stage, _, err = data.decode("ascii", "replace").partition(":")
+        path = program if stage == "exec" else (req.cwd if stage == "chdir" else "")
+        raise SpawnError(stage, int(err) if err.isdigit() else errno_mod.EIO, path)
+    return pid
+
+
+def _child(req: SpawnRequest, program: str, argv: list[str],
+           env_items: list[tuple[str, str]], errfd: int) -> None:  # pragma: no cover
+    """Runs between fork and exec. Only os-level calls; never returns."""
+    stage = "setup"
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in _CATCHABLE:
+            try:
+                signal.signal(sig, signal.SIG_DFL)
+            except (OSError, ValueError):
+                pass
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        stage = "setpgid"
+        os.setpgid(0, 0)
+        # Move every source fd above the highest target first, so that no dup2
+        # below overwrites a source that is still to be moved.
+        n = len(req.pass_fds)
+        floor = max(3 + n, req.extra_fd[1] + 1 if req.extra_fd else 0)
+        stage = "fds"
+        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        stdin_src = fcntl.fcntl(devnull, fcntl.F_DUPFD_CLOEXEC, floor)
+        out_src = (fcntl.fcntl(req.stdout, fcntl.F_DUPFD_CLOEXEC, floor)
+                   if req.stdout is not None else None)
+        err_src = (fcntl.fcntl(req.stderr, fcntl.F_DUPFD_CLOEXEC, floor)
+                   if req.stderr is not None else None)
+        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in req.pass_fds]
+        extra = (fcntl.fcntl(req.extra_fd[0], fcntl.F_DUPFD_CLOEXEC, floor)
+                 if req.extra_fd else None)
+        errfd = fcntl.fcntl(errfd, fcntl.F_DUPFD_CLOEXEC, floor)
+        # os.dup2 with src != dst clears FD_CLOEXEC on the target (inheritable).
+        os.dup2(stdin_src, 0)
+        if out_src is not None:
+            os.dup2(out_src, 1)
+        if err_src is not None:
+            os.dup2(err_src, 2)
+        for i, src in enumerate(moved):
+            os.dup2(src, 3 + i)
+            if req.pass_fds[i] in req.blocking_fds:
+                # O_NONBLOCK lives on the open file description shared with the
+                # manager; systemd hands listeners over blocking (NonBlocking=no).
+                os.set_blocking(3 + i, True)
+        if extra is not None and req.extra_fd is not None:
+            os.dup2(extra, req.extra_fd[1])
+        # Close everything else; only the error pipe survives, and it is CLOEXEC.
+        keep = sorted({errfd} | ({req.extra_fd[1]} if req.extra_fd else set()))
+        low = 3 + n
+        for fd in keep:
+            if fd >= low:
+                os.closerange(low, fd)
+                low = fd + 1
+        os.closerange(low, 1 << 20)
+        stage = "setgroups"
+        if req.groups is not None:
+            os.setgroups(list(req.groups))
+        stage = "setgid"
+        if req.gid is not None:
+            os.setgid(req.gid)
+        stage = "setuid"
+        if req.uid is not None:
+            os.setuid(req.uid)
+        stage = "chdir"
+        if req.cwd:
+            os.chdir(req.cwd)
+        stage = "exec"
+        me = str(os.getpid())
+        env = dict(env_items)
+        for name in req.pid_env:
+            env[name] = me
+        os.execve(program, argv, env)
+    except OSError as exc:
+        try:
+            os.write(errfd, f"{stage}:{exc.errno or errno_mod.EIO}".encode())
+        finally:
+            os._exit(127)
+    except BaseException:
+        try:
+            os.write(errfd, f"{stage}:{errno_mod.EIO}".encode())
+        finally:
+            os._exit(127)

@@ -1,0 +1,411 @@
+"""The lifecycle of one unit: an enum of states, an enum of events, and a table.
+
+``TRANSITIONS[(state, event)]`` names the handler ``<state>_<event>`` or
+``ignore``; every cell is filled and a test checks it. Each timed state has one
+deadline (start timeout, stop timeout, kill timeout, restart delay) whose expiry
+is just another event. Only the first failure of a run is recorded, as a
+``Result`` whose name is shared by logs, ``aeterna status`` and metrics.
+
+The unit talks to the manager through the small ``Host`` protocol so that it
+needs no asyncio: the host owns the loop, the reaper and spawning.
+"""
+
+from __future__ import annotations
+
+import enum
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from . import pid1
+from .model import KillMode, ServiceType, Unit
+from .policy import StartLimiter, classify_exit, restart_delay, should_restart
+from .results import ExitInfo, Result
+from .spawn import SpawnError
+
+
+class State(enum.Enum):
+    INACTIVE = "inactive"
+    WAITING = "waiting"  # start requested, ordered dependencies not up yet
+    STARTING = "starting"  # process running, not ready yet (notify, oneshot)
+    ACTIVE = "active"
+    EXITED = "exited"  # a oneshot that finished successfully ("active (exited)")
+    STOPPING = "stopping"  # stop signal sent, waiting for the process group
+    KILLING = "killing"  # SIGKILL sent after the stop timeout
+    AUTO_RESTART = "auto-restart"  # waiting RestartSec before starting again
+    FAILED = "failed"
+
+
+class Event(enum.Enum):
+    START = "start"
+    STOP = "stop"
+    DEPS_UP = "deps-up"
+    DEP_FAILED = "dep-failed"
+    READY = "ready"
+    EXITED = "exited"  # the main process was reaped
+    GROUP_EMPTY = "group-empty"  # no process of the unit's group is left
+    TIMEOUT = "timeout"
+    RESTART_DUE = "restart-due"
+
+
+UP_STATES = frozenset({State.ACTIVE, State.EXITED})
+SETTLED_STATES = frozenset({State.INACTIVE, State.FAILED, State.ACTIVE, State.EXITED})
+DOWN_STATES = frozenset({State.INACTIVE, State.FAILED})
+
+_I = "ignore"
+TRANSITIONS: dict[tuple[State, Event], str] = {}
+for _s in State:
+    for _e in Event:
+        TRANSITIONS[(_s, _e)] = _I
+TRANSITIONS.update({
+    (State.INACTIVE, Event.START): "down_start",
+    (State.FAILED, Event.START): "down_start",
+    (State.WAITING, Event.STOP): "waiting_stop",
+    (State.WAITING, Event.DEPS_UP): "waiting_deps_up",
+    (State.WAITING, Event.DEP_FAILED): "waiting_dep_failed",
+    (State.STARTING, Event.STOP): "running_stop",
+    (State.STARTING, Event.READY): "starting_ready",
+    (State.STARTING, Event.EXITED): "running_exited",
+    (State.STARTING, Event.TIMEOUT): "starting_timeout",
+    (State.ACTIVE, Event.STOP): "running_stop",
+    (State.ACTIVE, Event.EXITED): "running_exited",
+    (State.EXITED, Event.STOP): "exited_stop",
+    (State.STOPPING, Event.START): "stopping_start",
+    (State.STOPPING, Event.EXITED): "stopping_exited",
+    (State.STOPPING, Event.GROUP_EMPTY): "stopping_group_empty",
+    (State.STOPPING, Event.TIMEOUT): "stopping_timeout",
+    (State.KILLING, Event.START): "stopping_start",
+    (State.KILLING, Event.EXITED): "stopping_exited",
+    (State.KILLING, Event.GROUP_EMPTY): "stopping_group_empty",
+    (State.KILLING, Event.TIMEOUT): "killing_timeout",
+    (State.AUTO_RESTART, Event.START): "auto_restart_due",
+    (State.AUTO_RESTART, Event.RESTART_DUE): "auto_restart_due",
+    (State.AUTO_RESTART, Event.STOP): "auto_restart_stop",
+})
+
+# How long to wait for the group to die after SIGKILL before giving up on it
+# (a process in uninterruptible sleep cannot be killed).
+KILL_TIMEOUT = 5.0
+
+
+class Host(Protocol):
+    """What a unit needs from the manager."""
+
+    def spawn_main(self, unit: UnitRuntime) -> int: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
+    def deps_state(self, unit: UnitRuntime) -> str: ...  # "up" | "waiting" | "failed"
+    def changed(self, unit: UnitRuntime) -> None: ...
+    def info(self, event: str, **fields: Any) -> None: ...
+    def warning(self, event: str, **fields: Any) -> None: ...
+
+
+class UnitRuntime:
+    """The running side of one unit: its process, state, timers and counters."""
+
+    def __init__(self, unit: Unit, host: Host):
+        self.unit = unit
+        self.host = host
+        self.state = State.INACTIVE
+        self.result = Result.SUCCESS
+        self.main_pid: int | None = None
+        self.pgid: int | None = None
+        self.generation = 0
+        self.restarts = 0
+        self.restart_attempt = 0  # consecutive automatic restarts, for backoff
+        self.started_at: float | None = None  # monotonic, of the current process
+        self.last_exit: ExitInfo | None = None
+        self.status_text = ""
+        self.limiter = StartLimiter(unit.service.start_limit)
+        self.stop_requested = False  # a manual stop: never restart automatically
+        self.pending_start = False  # start again once stopped (restart verb)
+        self.restart_after_stop = False  # the stop was caused by a failure
+        self._timer: Any = None
+
+    # ------------------------------------------------------------ plumbing
+    @property
+    def name(self) -> str:
+        return self.unit.name
+
+    def dispatch(self, event: Event, **data: Any) -> None:
+        """Run the handler the table names for (state, event)."""
+        handler = TRANSITIONS[(self.state, event)]
+        if handler == _I:
+            return
+        getattr(self, handler)(**data)
+
+    def _set_state(self, state: State) -> None:
+        if state is self.state:
+            return
+        old = self.state
+        self.state = state
+        self.host.info("unit.state", unit=self.name, old=old.value, new=state.value,
+                       result=self.result.value if state is State.FAILED else None)
+        self.host.changed(self)
+
+    def _arm(self, delay: float, event: Event) -> None:
+        self._disarm()
+        if delay == float("inf"):
+            return
+        self._timer = self.host.call_later(delay, lambda: self._fire(event))
+
+    def _fire(self, event: Event) -> None:
+        self._timer = None
+        self.dispatch(event)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _fail(self, result: Result) -> None:
+        """Record the first failure of this run."""
+        if self.result is Result.SUCCESS:
+            self.result = result
+
+    # ------------------------------------------------------------ starting
+    def down_start(self) -> None:
+        """Start requested while inactive or failed."""
+        self.result = Result.SUCCESS
+        self.stop_requested = False
+        self.restart_attempt = 0
+        if self.state is State.FAILED:
+            self.limiter.reset()
+        self._set_state(State.WAITING)
+        self._try_deps()
+
+    def _try_deps(self) -> None:
+        deps = self.host.deps_state(self)
+        if deps == "up":
+            self._spawn()
+        elif deps == "failed":
+            self.waiting_dep_failed()
+
+    def waiting_deps_up(self) -> None:
+        """Every ordered dependency is up: start the process."""
+        self._spawn()
+
+    def waiting_dep_failed(self) -> None:
+        """A required dependency failed: fail without starting."""
+        self._fail(Result.DEPENDENCY)
+        self.host.warning("unit.dependency-failed", unit=self.name)
+        self._set_state(State.FAILED)
+
+    def waiting_stop(self) -> None:
+        self.stop_requested = True
+        self._set_state(State.INACTIVE)
+
+    def _spawn(self) -> None:
+        if not self.limiter.allow(time.monotonic()):
+            self.result = Result.START_LIMIT  # overrides the failure that led here
+            self.host.warning("unit.start-limit-hit", unit=self.name,
+                              burst=self.unit.service.start_limit.burst,
+                              interval=self.unit.service.start_limit.interval)
+            self._set_state(State.FAILED)
+            return
+        self.result = Result.SUCCESS
+        self.restart_after_stop = False
+        self.generation += 1
+        try:
+            pid = self.host.spawn_main(self)
+        except SpawnError as exc:
+            self._fail(Result.EXEC)
+            self.last_exit = ExitInfo(code=exc.exit_status)
+            self.host.warning("unit.exec-failed", unit=self.name, stage=exc.stage,
+                              errno=_errno_name(exc.errno), path=exc.path, error=str(exc))
+            self._after_exit()
+            return
+        except OSError as exc:
+            self._fail(Result.RESOURCES)
+            self.last_exit = ExitInfo(code=1)
+            self.host.warning("unit.spawn-failed", unit=self.name,
+                              errno=_errno_name(exc.errno or 0), error=str(exc))
+            self._after_exit()
+            return
+        self.main_pid = self.pgid = pid
+        self.started_at = time.monotonic()
+        self.status_text = ""
+        self.host.info("unit.started", unit=self.name, pid=pid, generation=self.generation)
+        t = self.unit.service.type
+        if t in (ServiceType.SIMPLE, ServiceType.EXEC):
+            self._set_state(State.ACTIVE)
+        else:
+            self._set_state(State.STARTING)
+            self._arm(self.unit.service.timeouts.start, Event.TIMEOUT)
+
+    def starting_ready(self) -> None:
+        """READY=1 from an authorised sender: the unit is up."""
+        self._disarm()
+        self.restart_attempt = 0
+        self._set_state(State.ACTIVE)
+
+    def starting_timeout(self) -> None:
+        """Not ready within the start timeout: stop it, and count a failure."""
+        self._fail(Result.TIMEOUT)
+        self.host.warning("unit.start-timeout", unit=self.name,
+                          timeout=self.unit.service.timeouts.start)
+        self.restart_after_stop = True
+        self._begin_stop()
+
+    # ------------------------------------------------------------ exits
+    def running_exited(self, info: ExitInfo) -> None:
+        """The main process exited on its own."""
+        self._disarm()
+        self.last_exit = info
+        self.main_pid = None
+        svc = self.unit.service
+        result = classify_exit(info, svc.type, svc.success_exit_status)
+        if svc.ignore_failure and result is not Result.SUCCESS:
+            result = Result.SUCCESS
+        if result is Result.SUCCESS and self.state is State.STARTING:
+            if svc.type is ServiceType.ONESHOT:
+                self.host.info("unit.exited", unit=self.name, how=str(info), result="success")
+                self._reap_group_leftovers()
+                self._set_state(State.EXITED)
+                return
+            if svc.type in (ServiceType.NOTIFY, ServiceType.NOTIFY_RELOAD):
+                result = Result.PROTOCOL
+        self._fail(result)
+        self.host.info("unit.exited", unit=self.name, how=str(info), result=result.value)
+        self._reap_group_leftovers()
+        self._after_exit()
+
+    def _reap_group_leftovers(self) -> None:
+        """The main process is gone; tell what is left of its group to go too."""
+        if self.pgid is not None and self.unit.service.kill_mode in (
+                KillMode.CONTROL_GROUP, KillMode.MIXED):
+            if pid1.kill_group(self.pgid, self.unit.service.stop_signal):
+                pid1.kill_group(self.pgid, signal.SIGCONT)
+
+    def _after_exit(self) -> None:
+        """Decide between restarting, inactive and failed after a run ended."""
+        svc = self.unit.service
+        if not self.stop_requested and should_restart(svc.restart, self.result):
+            delay = restart_delay(svc.restart_sec, svc.backoff, self.restart_attempt)
+            self.restart_attempt += 1
+            self.host.info("unit.restart-scheduled", unit=self.name, delay=round(delay, 3),
+                           result=self.result.value)
+            self._set_state(State.AUTO_RESTART)
+            self._arm(delay, Event.RESTART_DUE)
+            return
+        self._set_state(State.INACTIVE if self.result is Result.SUCCESS else State.FAILED)
+
+    def auto_restart_due(self) -> None:
+        """RestartSec elapsed (or a start was asked for): start again."""
+        self._disarm()
+        self.restarts += 1
+        self._set_state(State.WAITING)
+        self._try_deps()
+
+    def auto_restart_stop(self) -> None:
+        self._disarm()
+        self.stop_requested = True
+        self._set_state(State.INACTIVE if self.result is Result.SUCCESS else State.FAILED)
+
+    # ------------------------------------------------------------ stopping
+    def running_stop(self) -> None:
+        """A manual stop: signal the process group, arm the stop timeout."""
+        self.stop_requested = True
+        self._begin_stop()
+
+    def exited_stop(self) -> None:
+        self.stop_requested = True
+        self._set_state(State.INACTIVE)
+
+    def _begin_stop(self) -> None:
+        svc = self.unit.service
+        self._set_state(State.STOPPING)
+        self._signal(svc.stop_signal, first=True)
+        self._arm(svc.timeouts.stop, Event.TIMEOUT)
+
+    def _signal(self, sig: int, first: bool) -> None:
+        mode = self.unit.service.kill_mode
+        if mode is KillMode.NONE:
+            return
+        group = mode is KillMode.CONTROL_GROUP or (mode is KillMode.MIXED and not first)
+        if group and self.pgid is not None:
+            pid1.kill_group(self.pgid, sig)
+            if sig != signal.SIGKILL:
+                pid1.kill_group(self.pgid, signal.SIGCONT)
+        elif self.main_pid is not None:
+            pid1.kill_pid(self.main_pid, sig)
+            if sig != signal.SIGKILL:
+                pid1.kill_pid(self.main_pid, signal.SIGCONT)
+
+    def stopping_exited(self, info: ExitInfo) -> None:
+        """The main process is gone; the unit is down once its group is empty too."""
+        self.last_exit = info
+        self.main_pid = None
+        self.host.info("unit.exited", unit=self.name, how=str(info))
+        if self.unit.service.kill_mode is KillMode.MIXED and self.pgid is not None:
+            pid1.kill_group(self.pgid, signal.SIGKILL)
+        self.check_group()
+
+    def check_group(self) -> None:
+        """Called after each round of reaping while stopping."""
+        if self.state not in (State.STOPPING, State.KILLING) or self.main_pid is not None:
+            return
+        mode = self.unit.service.kill_mode
+        if (mode in (KillMode.PROCESS, KillMode.NONE) or self.pgid is None
+                or not pid1.kill_group(self.pgid, 0)):
+            self.dispatch(Event.GROUP_EMPTY)
+
+    def stopping_group_empty(self) -> None:
+        """Everything of the unit is gone: inactive, failed, or start again."""
+        self._disarm()
+        self.pgid = None
+        if self.restart_after_stop:
+            self._after_exit()
+        else:
+            self._set_state(State.FAILED if self.result is not Result.SUCCESS
+                            else State.INACTIVE)
+        if self.pending_start:
+            self.pending_start = False
+            self.dispatch(Event.START)
+
+    def stopping_timeout(self) -> None:
+        """The stop timeout passed: SIGKILL the group."""
+        self.host.warning("unit.stop-timeout", unit=self.name, pid=self.main_pid,
+                          timeout=self.unit.service.timeouts.stop)
+        self._fail(Result.TIMEOUT)
+        self._set_state(State.KILLING)
+        if self.unit.service.kill_mode is not KillMode.NONE:
+            if self.pgid is not None and self.unit.service.kill_mode is not KillMode.PROCESS:
+                pid1.kill_group(self.pgid, signal.SIGKILL)
+            elif self.main_pid is not None:
+                pid1.kill_pid(self.main_pid, signal.SIGKILL)
+        self._arm(KILL_TIMEOUT, Event.TIMEOUT)
+
+    def killing_timeout(self) -> None:
+        """Even SIGKILL did not end it (uninterruptible sleep): give up on it."""
+        self.host.warning("unit.abandoned", unit=self.name, pid=self.main_pid)
+        self.main_pid = None
+        self.stopping_group_empty()
+
+    def stopping_start(self) -> None:
+        """A start asked for while stopping: start again once stopped."""
+        self.pending_start = True
+
+    # ------------------------------------------------------------ status
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        uptime = (now - self.started_at
+                  if self.started_at is not None and self.main_pid is not None else None)
+        return {
+            "name": self.name,
+            "state": self.state.value,
+            "result": self.result.value,
+            "type": self.unit.service.type.value,
+            "main_pid": self.main_pid,
+            "generation": self.generation,
+            "uptime": round(uptime, 3) if uptime is not None else None,
+            "restarts": self.restarts,
+            "status_text": self.status_text,
+            "exit": str(self.last_exit) if self.last_exit else None,
+        }
+
+
+def _errno_name(err: int) -> str:
+    import errno as errno_mod
+
+    return errno_mod.errorcode.get(err, str(err))
