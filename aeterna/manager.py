@@ -21,9 +21,10 @@ from . import pid1
 from .loader import LoadResult, load_paths, start_order
 from .loader.errors import UnitErrors
 from .log import Log
-from .model import Unit
+from .notify_endpoint import NotifyEndpoint, wants_notify_socket
 from .output import LineRelay, make_pipe
-from .results import EXIT_FAILED, EXIT_OK
+from .results import EXIT_FAILED, EXIT_OK, Result
+from .sockets import SocketError, bind_listeners, remove_listener
 from .spawn import SpawnRequest, spawn
 from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
 
@@ -68,6 +69,8 @@ class Manager:
         for sig in pid1.FORWARD_SIGNALS:
             loop.add_signal_handler(sig, self._forward, sig)
         loop.add_signal_handler(pid1.RELOAD_SIGNAL, self._on_sighup)
+        self._open_notify()
+        self._bind_sockets()
         if self.control_path:
             from .control import ControlServer
 
@@ -76,7 +79,8 @@ class Manager:
         self.log.info("manager.started", pid=os.getpid(), units=len(self.units),
                       control=self.control_path)
         for name in self.order:
-            self.units[name].dispatch(Event.START)
+            if self.units[name].state is State.INACTIVE:
+                self.units[name].dispatch(Event.START)
         self._check_finished()
         # A child may have exited before our SIGCHLD handler existed.
         self._on_sigchld()
@@ -85,13 +89,69 @@ class Manager:
         finally:
             if self._control is not None:
                 await self._control.close()
+            self._close_resources()
             for sig in (signal.SIGCHLD, *pid1.STOP_SIGNALS, *pid1.FORWARD_SIGNALS,
                         pid1.RELOAD_SIGNAL):
                 loop.remove_signal_handler(sig)
 
     # -------------------------------------------------------------- signals
+    def _open_notify(self) -> None:
+        """The notify socket lives beside the control socket (a path, never abstract:
+        abstract sockets do not cross network namespaces)."""
+        assert self.loop is not None
+        base = os.path.dirname(self.control_path) if self.control_path else ""
+        if not base:
+            import tempfile
+
+            base = tempfile.mkdtemp(prefix="aeterna-")
+        os.makedirs(base, exist_ok=True)
+        path = os.path.join(base, f"notify-{os.getpid()}.sock")
+        self.notify = NotifyEndpoint(path, self.log)
+        self.loop.add_reader(self.notify.fileno(), self._on_notify)
+
+    def _on_notify(self) -> None:
+        if self.notify.drain(self.units.values()):
+            assert self.loop is not None
+            self.loop.call_soon(self._on_notify)  # more queued: yield, then continue
+
+    def _bind_sockets(self) -> None:
+        """Bind every unit's sockets once; a failure fails that unit only."""
+        assert self.loop is not None
+        for runtime in self.units.values():
+            if runtime.fdstore is not None:
+                self.loop.add_reader(runtime.fdstore.epoll_fd(), self._on_fdstore, runtime)
+            try:
+                runtime.listeners = bind_listeners(runtime.unit.service.sockets)
+            except SocketError as exc:
+                runtime.fail_now(Result.RESOURCES, "unit.bind-failed", error=str(exc),
+                                 address=exc.address, errno=_errno_name(exc.errno or 0))
+                continue
+            for lst in runtime.listeners:
+                self.log.info("socket.bound", unit=runtime.name, name=lst.spec.name,
+                              address=lst.local_address(), fd=lst.fd)
+
+    def _on_fdstore(self, runtime: UnitRuntime) -> None:
+        assert runtime.fdstore is not None
+        for name in runtime.fdstore.on_events():
+            self.log.info("fdstore.dropped", unit=runtime.name, name=name, reason="hangup")
+
+    def _close_resources(self) -> None:
+        assert self.loop is not None
+        self.loop.remove_reader(self.notify.fileno())
+        self.notify.close()
+        for runtime in self.units.values():
+            for lst in runtime.listeners:
+                remove_listener(lst)
+            runtime.listeners = []
+            if runtime.fdstore is not None:
+                self.loop.remove_reader(runtime.fdstore.epoll_fd())
+                runtime.fdstore.close()
+
     def _on_sigchld(self) -> None:
         """Reap everything; dispatch main-process exits; count orphans."""
+        # Read pending notify messages first: once a sender is reaped its pid no
+        # longer maps to its unit (and may even be reused).
+        self.notify.drain(self.units.values())
         by_pid = {r.main_pid: r for r in self.units.values() if r.main_pid is not None}
         for pid, info in pid1.reap():
             runtime = by_pid.pop(pid, None)
@@ -222,7 +282,7 @@ class Manager:
     def spawn_main(self, runtime: UnitRuntime) -> int:
         """Start the unit's main process with its env, identity and output pipes."""
         assert self.loop is not None
-        req = self.build_request(runtime.unit, runtime.generation)
+        req = self.build_request(runtime)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
         try:
@@ -240,15 +300,39 @@ class Manager:
         LineRelay(self.loop, err_r, prefix, sys.stderr.buffer)
         return pid
 
-    def build_request(self, unit: Unit, generation: int) -> SpawnRequest:
-        """Everything but the output pipes; raises OSError for a bad user or env file."""
+    def build_request(self, runtime: UnitRuntime) -> SpawnRequest:
+        """Everything but the output pipes; raises OSError for a bad user or env file.
+
+        The environment follows systemd's rules: LISTEN_* only when there are fds
+        (sockets first, then the fd store), NOTIFY_SOCKET only when NotifyAccess
+        is not none, WATCHDOG_USEC/WATCHDOG_PID only with a watchdog.
+        """
+        unit = runtime.unit
         svc = unit.service
         env = dict(self.base_env)
         for path, optional in svc.env_files:
             env.update(read_env_file(path, optional))
         env.update(svc.env)
         env["AETERNA_UNIT"] = unit.name
-        env["AETERNA_GENERATION"] = str(generation)
+        env["AETERNA_GENERATION"] = str(runtime.generation)
+        pid_env: list[str] = []
+        socket_fds = [lst.fd for lst in runtime.listeners]
+        names = [lst.spec.name for lst in runtime.listeners]
+        stored = runtime.fdstore.fds() if runtime.fdstore is not None else []
+        if runtime.fdstore is not None:
+            names += runtime.fdstore.names()
+        fds = socket_fds + stored
+        if fds:
+            env["LISTEN_FDS"] = str(len(fds))
+            env["LISTEN_FDNAMES"] = ":".join(names)
+            pid_env.append("LISTEN_PID")
+        if wants_notify_socket(svc.effective_notify_access()):
+            env["NOTIFY_SOCKET"] = self.notify.path
+            if svc.fd_store_max > 0:
+                env["FDSTORE"] = str(svc.fd_store_max)
+        if svc.watchdog_sec > 0:
+            env["WATCHDOG_USEC"] = str(int(svc.watchdog_sec * 1e6))
+            pid_env.append("WATCHDOG_PID")
         uid = gid = None
         groups: tuple[int, ...] | None = None
         if svc.user:
@@ -261,10 +345,18 @@ class Manager:
             if groups is None:
                 groups = (gid,)
         return SpawnRequest(argv=svc.command, env=env, cwd=svc.working_directory,
-                            uid=uid, gid=gid, groups=groups, argv0=svc.argv0)
+                            uid=uid, gid=gid, groups=groups, argv0=svc.argv0,
+                            pass_fds=tuple(fds), blocking_fds=frozenset(socket_fds),
+                            pid_env=tuple(pid_env))
 
     def changed(self, runtime: UnitRuntime) -> None:
         """Every state change: wake waiters, unblock dependents, advance shutdown."""
+        if (runtime.state in DOWN_STATES and runtime.fdstore is not None
+                and not runtime.pending_start and runtime.fdstore.entries):
+            # FileDescriptorStorePreserve=restart: kept across restarts only.
+            self.log.info("fdstore.released", unit=runtime.name,
+                          count=len(runtime.fdstore.entries))
+            runtime.fdstore.clear()
         if runtime.state in UP_STATES or runtime.state is State.FAILED:
             for other in self.units.values():
                 if other.state is State.WAITING and other is not runtime:
@@ -331,6 +423,12 @@ class Manager:
             return True
         except TimeoutError:
             return False
+
+
+def _errno_name(err: int) -> str:
+    import errno as errno_mod
+
+    return errno_mod.errorcode.get(err, str(err))
 
 
 def _with(req: SpawnRequest, **changes: Any) -> SpawnRequest:

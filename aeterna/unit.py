@@ -19,9 +19,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from . import pid1
-from .model import KillMode, ServiceType, Unit
+from .fdstore import FdStore
+from .model import KillMode, NotifyAccess, ServiceType, Unit
 from .policy import StartLimiter, classify_exit, restart_delay, should_restart
 from .results import ExitInfo, Result
+from .sockets import Listener
 from .spawn import SpawnError
 
 
@@ -30,6 +32,7 @@ class State(enum.Enum):
     WAITING = "waiting"  # start requested, ordered dependencies not up yet
     STARTING = "starting"  # process running, not ready yet (notify, oneshot)
     ACTIVE = "active"
+    RELOADING = "reloading"  # notify-reload: reload signal sent, or RELOADING=1 received
     EXITED = "exited"  # a oneshot that finished successfully ("active (exited)")
     STOPPING = "stopping"  # stop signal sent, waiting for the process group
     KILLING = "killing"  # SIGKILL sent after the stop timeout
@@ -47,10 +50,13 @@ class Event(enum.Enum):
     GROUP_EMPTY = "group-empty"  # no process of the unit's group is left
     TIMEOUT = "timeout"
     RESTART_DUE = "restart-due"
+    WATCHDOG = "watchdog"  # the watchdog expired, or WATCHDOG=trigger
+    RELOAD = "reload"  # an in-place reload was asked for (notify-reload)
+    RELOADING = "reloading"  # RELOADING=1 received
 
 
-UP_STATES = frozenset({State.ACTIVE, State.EXITED})
-SETTLED_STATES = frozenset({State.INACTIVE, State.FAILED, State.ACTIVE, State.EXITED})
+UP_STATES = frozenset({State.ACTIVE, State.RELOADING, State.EXITED})
+RUNNING_STATES = frozenset({State.STARTING, State.ACTIVE, State.RELOADING})
 DOWN_STATES = frozenset({State.INACTIVE, State.FAILED})
 
 _I = "ignore"
@@ -68,8 +74,18 @@ TRANSITIONS.update({
     (State.STARTING, Event.READY): "starting_ready",
     (State.STARTING, Event.EXITED): "running_exited",
     (State.STARTING, Event.TIMEOUT): "starting_timeout",
+    (State.STARTING, Event.WATCHDOG): "running_watchdog",
     (State.ACTIVE, Event.STOP): "running_stop",
     (State.ACTIVE, Event.EXITED): "running_exited",
+    (State.ACTIVE, Event.WATCHDOG): "running_watchdog",
+    (State.ACTIVE, Event.RELOAD): "active_reload",
+    (State.ACTIVE, Event.RELOADING): "active_reloading",
+    (State.RELOADING, Event.STOP): "running_stop",
+    (State.RELOADING, Event.EXITED): "running_exited",
+    (State.RELOADING, Event.WATCHDOG): "running_watchdog",
+    (State.RELOADING, Event.READY): "reloading_ready",
+    (State.RELOADING, Event.RELOADING): "reloading_reloading",
+    (State.RELOADING, Event.TIMEOUT): "reloading_timeout",
     (State.EXITED, Event.STOP): "exited_stop",
     (State.STOPPING, Event.START): "stopping_start",
     (State.STOPPING, Event.EXITED): "stopping_exited",
@@ -117,10 +133,28 @@ class UnitRuntime:
         self.last_exit: ExitInfo | None = None
         self.status_text = ""
         self.limiter = StartLimiter(unit.service.start_limit)
+        self.fdstore = FdStore(unit.service.fd_store_max) if unit.service.fd_store_max else None
+        self.listeners: list[Listener] = []  # bound by the manager, kept for its life
         self.stop_requested = False  # a manual stop: never restart automatically
         self.pending_start = False  # start again once stopped (restart verb)
         self.restart_after_stop = False  # the stop was caused by a failure
         self._timer: Any = None
+        self._deadline = 0.0  # monotonic time the state timer fires
+        self._timer_event = Event.TIMEOUT
+        # sd_notify-driven settings, reset at every start.
+        self.notify_access_override: NotifyAccess | None = None
+        self.watchdog_usec_override: int | None = None
+        self._wd_timer: Any = None
+        self._wd_deadline = 0.0
+        self.errno: int | None = None
+        self.notified_exit_status: int | None = None
+        self.stopping_notified = False
+        # notify-reload bookkeeping
+        self.reload_t0_usec = 0
+        self.reload_requested = False
+        self.reload_seen = False
+        self.reloads = 0
+        self.last_reload = ""  # "", "success", "timeout"
 
     # ------------------------------------------------------------ plumbing
     @property
@@ -147,7 +181,17 @@ class UnitRuntime:
         self._disarm()
         if delay == float("inf"):
             return
+        self._deadline = time.monotonic() + delay
+        self._timer_event = event
         self._timer = self.host.call_later(delay, lambda: self._fire(event))
+
+    def extend_timeout(self, usec: int) -> None:
+        """EXTEND_TIMEOUT_USEC: push the state timer and watchdog to >= now+usec."""
+        want = time.monotonic() + usec / 1e6
+        if self._timer is not None and want > self._deadline:
+            self._arm(want - time.monotonic(), self._timer_event)
+        if self._wd_timer is not None and want > self._wd_deadline:
+            self._arm_watchdog(want - time.monotonic())
 
     def _fire(self, event: Event) -> None:
         self._timer = None
@@ -225,10 +269,15 @@ class UnitRuntime:
         self.main_pid = self.pgid = pid
         self.started_at = time.monotonic()
         self.status_text = ""
+        self.notify_access_override = None
+        self.watchdog_usec_override = None
+        self.errno = self.notified_exit_status = None
+        self.stopping_notified = False
         self.host.info("unit.started", unit=self.name, pid=pid, generation=self.generation)
         t = self.unit.service.type
         if t in (ServiceType.SIMPLE, ServiceType.EXEC):
             self._set_state(State.ACTIVE)
+            self._arm_watchdog()
         else:
             self._set_state(State.STARTING)
             self._arm(self.unit.service.timeouts.start, Event.TIMEOUT)
@@ -238,6 +287,111 @@ class UnitRuntime:
         self._disarm()
         self.restart_attempt = 0
         self._set_state(State.ACTIVE)
+        self._arm_watchdog()
+
+    # ------------------------------------------------------------ watchdog
+    def watchdog_usec(self) -> int:
+        if self.watchdog_usec_override is not None:
+            return self.watchdog_usec_override
+        return int(self.unit.service.watchdog_sec * 1e6)
+
+    def _arm_watchdog(self, delay: float | None = None) -> None:
+        self._disarm_watchdog()
+        usec = self.watchdog_usec()
+        if usec <= 0 and delay is None:
+            return
+        delay = usec / 1e6 if delay is None else delay
+        self._wd_deadline = time.monotonic() + delay
+        self._wd_timer = self.host.call_later(delay, self._watchdog_expired)
+
+    def _disarm_watchdog(self) -> None:
+        if self._wd_timer is not None:
+            self._wd_timer.cancel()
+            self._wd_timer = None
+
+    def _watchdog_expired(self) -> None:
+        self._wd_timer = None
+        self.dispatch(Event.WATCHDOG)
+
+    def watchdog_ping(self) -> None:
+        """WATCHDOG=1: the service is alive; restart the countdown."""
+        if self.state in RUNNING_STATES:
+            self._arm_watchdog()
+
+    def set_watchdog_usec(self, usec: int) -> None:
+        """WATCHDOG_USEC=: a new timeout, re-armed from now (0 disables)."""
+        self.watchdog_usec_override = usec
+        if self.state in RUNNING_STATES:
+            self._arm_watchdog()
+
+    def running_watchdog(self) -> None:
+        """The watchdog expired (or WATCHDOG=trigger): kill with the watchdog signal."""
+        self._disarm_watchdog()
+        self._fail(Result.WATCHDOG)
+        self.host.warning("unit.watchdog", unit=self.name, pid=self.main_pid,
+                          signal=self.unit.service.watchdog_signal.name)
+        self.restart_after_stop = True
+        svc = self.unit.service
+        self._set_state(State.STOPPING)
+        self._signal(svc.watchdog_signal, first=True)
+        self._arm(svc.timeouts.stop, Event.TIMEOUT)
+
+    # ------------------------------------------------------------ reload
+    def active_reload(self) -> None:
+        """notify-reload: send the reload signal and wait for RELOADING=1 then READY=1."""
+        svc = self.unit.service
+        self.reload_t0_usec = time.monotonic_ns() // 1000
+        self.reload_requested = True
+        self.reload_seen = False
+        self._set_state(State.RELOADING)
+        if self.main_pid is not None:
+            pid1.kill_pid(self.main_pid, svc.reload_signal)
+        self._arm(svc.timeouts.start, Event.TIMEOUT)
+
+    def active_reloading(self, usec: int | None = None) -> None:
+        """An unsolicited RELOADING=1: a reload the service started itself."""
+        self.reload_requested = False
+        self.reload_seen = True
+        self._set_state(State.RELOADING)
+        self._arm(self.unit.service.timeouts.start, Event.TIMEOUT)
+
+    def reloading_reloading(self, usec: int | None = None) -> None:
+        """RELOADING=1 while we wait: it answers our signal only if stamped after it."""
+        if not self.reload_requested or (usec is not None and usec >= self.reload_t0_usec):
+            self.reload_seen = True
+
+    def reloading_ready(self) -> None:
+        """READY=1 ends the reload, if the RELOADING=1 that answers it came first."""
+        if not self.reload_seen:
+            return
+        self._disarm()
+        self.reloads += 1
+        self.last_reload = "success"
+        self.host.info("unit.reloaded", unit=self.name, outcome="success")
+        self._set_state(State.ACTIVE)
+
+    def reloading_timeout(self) -> None:
+        """The reload did not finish in time; the service keeps running as it is."""
+        self.reloads += 1
+        self.last_reload = "timeout"
+        self.host.warning("unit.reloaded", unit=self.name, outcome="timeout")
+        self._set_state(State.ACTIVE)
+
+    # ------------------------------------------------------------ notify
+    def effective_notify_access(self) -> NotifyAccess:
+        return self.notify_access_override or self.unit.service.effective_notify_access()
+
+    def set_main_pid(self, pid: int) -> None:
+        """MAINPID=: the service says another process is its main one now."""
+        if self.state in RUNNING_STATES and pid != self.main_pid:
+            self.host.info("unit.mainpid", unit=self.name, old=self.main_pid, new=pid)
+            self.main_pid = pid
+
+    def fail_now(self, result: Result, event: str, **fields: Any) -> None:
+        """Fail without starting (e.g. its socket could not be bound)."""
+        self.result = result
+        self.host.warning(event, unit=self.name, **fields)
+        self._set_state(State.FAILED)
 
     def starting_timeout(self) -> None:
         """Not ready within the start timeout: stop it, and count a failure."""
@@ -251,6 +405,7 @@ class UnitRuntime:
     def running_exited(self, info: ExitInfo) -> None:
         """The main process exited on its own."""
         self._disarm()
+        self._disarm_watchdog()
         self.last_exit = info
         self.main_pid = None
         svc = self.unit.service
@@ -313,6 +468,7 @@ class UnitRuntime:
         self._set_state(State.INACTIVE)
 
     def _begin_stop(self) -> None:
+        self._disarm_watchdog()
         svc = self.unit.service
         self._set_state(State.STOPPING)
         self._signal(svc.stop_signal, first=True)
@@ -402,6 +558,9 @@ class UnitRuntime:
             "restarts": self.restarts,
             "status_text": self.status_text,
             "exit": str(self.last_exit) if self.last_exit else None,
+            "errno": self.errno,
+            "reloads": self.reloads,
+            "last_reload": self.last_reload or None,
         }
 
 
