@@ -120,6 +120,9 @@ def _client(args: argparse.Namespace) -> int:
             print(render(result))
         return EXIT_OK
     if args.verb == "reload":
+        if "outcome" in result:
+            print(f"{result['unit']}: reload {result['outcome']}")
+            return EXIT_OK if result["ok"] else EXIT_FAILED
         if not result.get("ok", True):
             for e in result.get("errors", []):
                 print(e, file=sys.stderr)

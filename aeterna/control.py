@@ -159,6 +159,20 @@ class ControlServer:
             return {"unit": unit, "state": runtime.state.value, "result": runtime.result.value,
                     "main_pid": runtime.main_pid}
         if verb == "reload":
+            if unit is not None and m.units[unit].unit.service.type.value == "notify-reload":
+                runtime = m.units[unit]
+                if runtime.state.value != "active":
+                    raise ControlError("bad-state", f"{unit} is {runtime.state.value}, "
+                                       "not active: nothing to reload")
+                before = runtime.reloads
+                from .unit import Event
+
+                runtime.dispatch(Event.RELOAD)
+                await m.wait_for(lambda: runtime.reloads > before
+                                 or runtime.state.value not in ("reloading", "active"))
+                outcome = runtime.last_reload if runtime.reloads > before else "failed"
+                return {"ok": outcome == "success", "unit": unit, "outcome": outcome,
+                        "state": runtime.state.value}
             return m.reload()
         raise ControlError("bad-request", f"unknown verb {verb!r}")
 
