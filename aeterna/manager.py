@@ -344,7 +344,17 @@ class Manager:
             gid = _getgr(svc.group)
             if groups is None:
                 groups = (gid,)
-        return SpawnRequest(argv=svc.command, env=env, cwd=svc.working_directory,
+        argv = svc.command
+        if svc.expand_env:
+            from .loader.systemd_words import expand_exec_env
+
+            argv = expand_exec_env(argv, env)
+            if not argv:
+                raise OSError(f"{unit.name}: the command expanded to nothing")
+        cwd = svc.working_directory
+        if cwd == "~":
+            cwd = env.get("HOME", "/")
+        return SpawnRequest(argv=argv, env=env, cwd=cwd,
                             uid=uid, gid=gid, groups=groups, argv0=svc.argv0,
                             pass_fds=tuple(fds), blocking_fds=frozenset(socket_fds),
                             pid_env=tuple(pid_env))

@@ -173,6 +173,7 @@ class Service:
     exec_stop: tuple[tuple[str, ...], ...] = ()
     ignore_failure: bool = False  # ExecStart's "-" prefix
     argv0: str = ""  # ExecStart's "@" prefix
+    expand_env: bool = False  # systemd units: $VAR/${VAR} in commands expand at exec time
     sockets: tuple[ListenSpec, ...] = ()
 
     def effective_notify_access(self) -> NotifyAccess:
