@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import json
 import sys
+from typing import Any
 
 from . import __version__
 from .control import default_path, request
@@ -96,8 +97,9 @@ def _start(args: argparse.Namespace) -> int:
 def _client(args: argparse.Namespace) -> int:
     path = args.control or default_path()
     unit = getattr(args, "unit", None)
+    extra = {"no_block": True} if getattr(args, "no_block", False) else {}
     try:
-        reply = request(path, args.verb, unit)
+        reply = request(path, args.verb, unit, **extra)
     except (FileNotFoundError, ConnectionRefusedError):
         print(f"aeterna: no manager is listening on {path}", file=sys.stderr)
         return EXIT_UNREACHABLE
@@ -120,23 +122,43 @@ def _client(args: argparse.Namespace) -> int:
             print(render(result))
         return EXIT_OK
     if args.verb == "reload":
-        if "outcome" in result:
-            print(f"{result['unit']}: reload {result['outcome']}")
-            return EXIT_OK if result["ok"] else EXIT_FAILED
-        if not result.get("ok", True):
-            for e in result.get("errors", []):
-                print(e, file=sys.stderr)
-            print("aeterna: reload rejected; the running configuration is kept",
-                  file=sys.stderr)
-            return EXIT_FAILED
-        for key in ("added", "removed", "changed"):
-            for n in result.get(key, []):
-                print(f"{key}: {n}")
-        return EXIT_OK
+        return _print_reload(result)
     print(json.dumps(result))
     if args.verb in ("stop", "restart") and unit:
         return EXIT_FAILED if result.get("state") == "failed" else EXIT_OK
     return EXIT_OK
+
+
+def _print_reload(result: dict[str, Any]) -> int:
+    if "outcome" in result:  # one unit
+        relay = result.get("relay")
+        if relay:
+            print(_describe_relay(relay))
+        else:
+            print(f"{result['unit']}: {result['outcome']}")
+        return EXIT_OK if result["ok"] else EXIT_FAILED
+    if not result.get("ok", True) and "errors" in result:
+        for e in result.get("errors", []):
+            print(e, file=sys.stderr)
+        print("aeterna: reload rejected; the running configuration is kept", file=sys.stderr)
+        return EXIT_FAILED
+    for key in ("added", "removed", "changed"):
+        for n in result.get(key, []):
+            print(f"{key}: {n}")
+    for relay in result.get("outcomes", []):
+        print(_describe_relay(relay))
+    return EXIT_OK if result.get("ok", True) else EXIT_FAILED
+
+
+def _describe_relay(r: dict[str, Any]) -> str:
+    phases = ", ".join(f"{k} {v:.3f}s" for k, v in r.get("durations", {}).items())
+    if r["outcome"] == "promoted":
+        return (f"{r['unit']}: promoted generation {r['generation']} "
+                f"(pid {r['old_pid']} -> {r['new_pid']}) in {r['total']:.3f}s [{phases}]")
+    what = "rolled back" if r["outcome"] == "rolled-back" else r["outcome"]
+    detail = f": {r['detail']}" if r.get("detail") else ""
+    return (f"{r['unit']}: {what} in phase {r['phase'] or '-'}: {r['reason']}{detail} "
+            f"[{phases}]")
 
 
 if __name__ == "__main__":  # pragma: no cover

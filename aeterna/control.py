@@ -136,9 +136,18 @@ class ControlServer:
             from .status import collect
 
             names = [unit] if unit else list(m.order)
+            units = []
+            for n in names:
+                st = collect(m.units[n])
+                st["generations"] = m.relays.generations(n)
+                st["relay"] = m.relays.status(n)
+                units.append(st)
             return {"manager": {"pid": os.getpid(), "orphans_reaped": m.orphans_reaped,
-                                "shutting_down": m.shutting_down},
-                    "units": [collect(m.units[n]) for n in names]}
+                                "shutting_down": m.shutting_down,
+                                "relays": m.relays.count,
+                                "notify": {"accepted": m.notify.accepted,
+                                           "rejected": m.notify.rejected}},
+                    "units": units}
         if verb == "stop":
             if unit is None:
                 m.shutdown()
@@ -159,22 +168,62 @@ class ControlServer:
             return {"unit": unit, "state": runtime.state.value, "result": runtime.result.value,
                     "main_pid": runtime.main_pid}
         if verb == "reload":
-            if unit is not None and m.units[unit].unit.service.type.value == "notify-reload":
-                runtime = m.units[unit]
-                if runtime.state.value != "active":
-                    raise ControlError("bad-state", f"{unit} is {runtime.state.value}, "
-                                       "not active: nothing to reload")
-                before = runtime.reloads
-                from .unit import Event
-
-                runtime.dispatch(Event.RELOAD)
-                await m.wait_for(lambda: runtime.reloads > before
-                                 or runtime.state.value not in ("reloading", "active"))
-                outcome = runtime.last_reload if runtime.reloads > before else "failed"
-                return {"ok": outcome == "success", "unit": unit, "outcome": outcome,
-                        "state": runtime.state.value}
-            return m.reload()
+            return await self._reload(unit, bool(request.get("no_block")))
         raise ControlError("bad-request", f"unknown verb {verb!r}")
+
+
+    async def _reload(self, unit: str | None, no_block: bool) -> dict[str, Any]:
+        """Re-read the unit files; relay, restart or reload in place; wait for outcomes."""
+        m = self.manager
+        if unit is None:
+            result = m.reload()
+            futures = result.pop("_futures", [])
+            if no_block or not futures:
+                return result
+            outcomes = [(await f).as_dict() for f in futures]
+            result["outcomes"] = outcomes
+            result["ok"] = all(o["outcome"] == "promoted" for o in outcomes)
+            return result
+        action, new, error = m.reload_unit(unit)
+        runtime = m.units[unit]
+        if action == "invalid" or new is None:
+            raise ControlError("invalid", error + "\nthe running configuration is kept")
+        if action == "relay":
+            if runtime.state.value not in ("active", "reloading"):
+                raise ControlError("bad-state", f"{unit} is {runtime.state.value}: only an "
+                                   "active unit can be relayed")
+            fut = m.relays.request(unit, new)
+            if no_block:
+                return {"ok": True, "unit": unit, "outcome": "queued"}
+            outcome = await fut
+            return {"ok": outcome.outcome == "promoted", "unit": unit,
+                    "outcome": outcome.outcome, "relay": outcome.as_dict()}
+        if action == "in-place":
+            if runtime.state.value != "active":
+                raise ControlError("bad-state", f"{unit} is {runtime.state.value}, "
+                                   "not active: nothing to reload")
+            before = runtime.reloads
+            from .unit import Event
+
+            runtime.dispatch(Event.RELOAD)
+            if no_block:
+                return {"ok": True, "unit": unit, "outcome": "queued"}
+            await m.wait_for(lambda: runtime.reloads > before
+                             or runtime.state.value not in ("reloading", "active"))
+            outcome_name = runtime.last_reload if runtime.reloads > before else "failed"
+            return {"ok": outcome_name == "success", "unit": unit, "outcome": outcome_name,
+                    "state": runtime.state.value}
+        runtime.unit = new
+        gen = runtime.generation
+        m.restart_unit(unit)
+        if no_block:
+            return {"ok": True, "unit": unit, "outcome": "queued"}
+        await m.wait_for(lambda: runtime.state.value == "failed" or (
+            runtime.generation > gen and runtime.state.value in ("active", "exited", "failed",
+                                                                 "inactive")))
+        ok = runtime.state.value in ("active", "exited")
+        return {"ok": ok, "unit": unit, "outcome": "restarted" if ok else "failed",
+                "state": runtime.state.value}
 
 
 def _someone_listening(path: str) -> bool:

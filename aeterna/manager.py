@@ -18,14 +18,17 @@ from collections.abc import Callable
 from typing import Any
 
 from . import pid1
+from .coordinator import Coordinator
 from .loader import LoadResult, load_paths, start_order
 from .loader.errors import UnitErrors
 from .log import Log
+from .model import ServiceType, Strategy, Unit
 from .notify_endpoint import NotifyEndpoint, wants_notify_socket
 from .output import LineRelay, make_pipe
-from .results import EXIT_FAILED, EXIT_OK, Result
+from .relay import Relay
+from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result
 from .sockets import SocketError, bind_listeners, remove_listener
-from .spawn import SpawnRequest, spawn
+from .spawn import SpawnError, SpawnRequest, spawn
 from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
 
 # Variables that describe *our* activation and must never leak to a child.
@@ -53,6 +56,11 @@ class Manager:
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._control: Any = None
         self._pending_stops: set[str] = set()  # a `stop UNIT` still working down its closure
+        # Processes that are not a unit's main one but whose exit someone awaits:
+        # canaries, draining generations, hooks and exec probes.
+        self.watched: dict[int, Callable[[ExitInfo], None]] = {}
+        self.relays = Coordinator(self)
+        self._bg: set[asyncio.Task[Any]] = set()
         self.base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
 
     # ------------------------------------------------------------------ run
@@ -110,7 +118,7 @@ class Manager:
         self.loop.add_reader(self.notify.fileno(), self._on_notify)
 
     def _on_notify(self) -> None:
-        if self.notify.drain(self.units.values()):
+        if self.notify.drain(self.notify_targets()):
             assert self.loop is not None
             self.loop.call_soon(self._on_notify)  # more queued: yield, then continue
 
@@ -151,17 +159,30 @@ class Manager:
         """Reap everything; dispatch main-process exits; count orphans."""
         # Read pending notify messages first: once a sender is reaped its pid no
         # longer maps to its unit (and may even be reused).
-        self.notify.drain(self.units.values())
+        self.notify.drain(self.notify_targets())
         by_pid = {r.main_pid: r for r in self.units.values() if r.main_pid is not None}
         for pid, info in pid1.reap():
             runtime = by_pid.pop(pid, None)
+            callback = self.watched.pop(pid, None)
             if runtime is not None:
                 runtime.dispatch(Event.EXITED, info=info)
+            elif callback is not None:
+                callback(info)
             else:
                 self.orphans_reaped += 1
         for runtime in self.units.values():
             if runtime.state in (State.STOPPING, State.KILLING):
                 runtime.check_group()
+        self.relays.check_groups()
+
+    def notify_targets(self) -> list[Any]:
+        return [*self.relays.current.values(), *self.units.values()]
+
+    def watch(self, pid: int, callback: Callable[[ExitInfo], None]) -> None:
+        self.watched[pid] = callback
+
+    def unwatch(self, pid: int) -> None:
+        self.watched.pop(pid, None)
 
     def _on_stop_signal(self, sig: int) -> None:
         self.log.info("manager.signal", signal=signal.Signals(sig).name, action="stop-all")
@@ -175,12 +196,13 @@ class Manager:
 
     def _on_sighup(self) -> None:
         self.log.info("manager.signal", signal="SIGHUP", action="reload")
-        self.reload()
+        self.reload().pop("_futures", None)
 
     # ------------------------------------------------------------- actions
     def shutdown(self) -> None:
         """Stop every unit in reverse dependency order, then exit."""
         self.shutting_down = True
+        self.relays.abort_all()
         self._advance_shutdown()
 
     def _dependents(self, name: str) -> list[UnitRuntime]:
@@ -226,8 +248,13 @@ class Manager:
             runtime.pending_start = True
             runtime.dispatch(Event.STOP)
 
-    def reload(self) -> dict[str, Any]:
-        """Re-read and validate the unit files; report what changed, keep running config."""
+    def reload(self, relay: bool = True) -> dict[str, Any]:
+        """Re-read and validate the unit files (SIGHUP, ``aeterna reload``).
+
+        Broken files change nothing: the running configuration is kept and the
+        errors are reported. Otherwise every ``hot-relay`` unit is relayed to its
+        new definition; other changed units take theirs at their next start.
+        """
         try:
             loaded = load_paths(self.paths)
         except UnitErrors as exc:
@@ -248,7 +275,38 @@ class Manager:
                 self.log.info("reload.diff", unit=n, change=key)
         self.log.info("reload.checked", added=len(diff["added"]), removed=len(diff["removed"]),
                       changed=len(diff["changed"]))
-        return {"ok": True, **diff}
+        relayed: list[str] = []
+        futures: list[asyncio.Future[Any]] = []
+        for name in self.order:
+            unit = new.get(name)
+            if unit is None:
+                continue
+            runtime = self.units[name]
+            if (relay and unit.orchestration.strategy is Strategy.HOT_RELAY
+                    and runtime.state in UP_STATES):
+                futures.append(self.relays.request(name, unit))
+                relayed.append(name)
+            elif name in diff["changed"]:
+                runtime.unit = _keep_sockets(unit, runtime.unit, self.log)
+                self.log.info("reload.applied", unit=name, when="next start")
+        return {"ok": True, **diff, "relayed": relayed, "_futures": futures}
+
+    def reload_unit(self, name: str) -> tuple[str, Unit | None, str]:
+        """For ``aeterna reload UNIT``: (action, new definition, error)."""
+        try:
+            loaded = load_paths(self.paths)
+        except UnitErrors as exc:
+            for err in exc.errors:
+                self.log.error("reload.invalid", error=str(err))
+            return "invalid", None, "\n".join(str(e) for e in exc.errors)
+        unit = loaded.by_name().get(name)
+        if unit is None:
+            return "invalid", None, f"{name} is no longer defined in the unit files"
+        if unit.orchestration.strategy is Strategy.HOT_RELAY:
+            return "relay", unit, ""
+        if unit.service.type is ServiceType.NOTIFY_RELOAD and unit == self.units[name].unit:
+            return "in-place", unit, ""
+        return "restart", _keep_sockets(unit, self.units[name].unit, self.log), ""
 
     # ---------------------------------------------------------- host API
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
@@ -280,9 +338,25 @@ class Manager:
         return result
 
     def spawn_main(self, runtime: UnitRuntime) -> int:
-        """Start the unit's main process with its env, identity and output pipes."""
+        """Start the unit's main process (its current definition and generation)."""
+        return self.spawn_process(runtime, runtime.unit, runtime.generation)
+
+    def spawn_generation(self, runtime: UnitRuntime, unit: Unit, generation: int,
+                         relay: Relay) -> int:
+        """Start N+1 for a relay, on the unit's sockets, watched by the relay."""
+        pid = self.spawn_process(runtime, unit, generation)
+        self.watch(pid, relay.canary_exited)
+        self.log.info("relay.started", unit=unit.name, pid=pid, generation=generation)
+        return pid
+
+    def spawn_process(self, runtime: UnitRuntime, unit: Unit, generation: int,
+                      argv: tuple[str, ...] | None = None, label: str = "") -> int:
+        """Fork/exec with env, identity and output pipes prefixed ``unit[pid]``."""
         assert self.loop is not None
-        req = self.build_request(runtime)
+        req = self.build_request(runtime, unit, generation)
+        if argv is not None:  # a hook or probe: the unit's environment, no fds
+            req = _with(req, argv=argv, pass_fds=(), blocking_fds=frozenset(),
+                        pid_env=(), argv0="")
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
         try:
@@ -295,26 +369,65 @@ class Manager:
         finally:
             os.close(out_w)
             os.close(err_w)
-        prefix = f"{runtime.name}[{pid}]: "
+        prefix = f"{runtime.name}{'/' + label if label else ''}[{pid}]: "
         LineRelay(self.loop, out_r, prefix, sys.stdout.buffer)
         LineRelay(self.loop, err_r, prefix, sys.stderr.buffer)
         return pid
 
-    def build_request(self, runtime: UnitRuntime) -> SpawnRequest:
+    async def run_helper(self, runtime: UnitRuntime, argv: tuple[str, ...], timeout: float,
+                         label: str) -> ExitInfo | None:
+        """Run a hook or exec probe to its end; None (and SIGKILL) if it times out."""
+        assert self.loop is not None
+        try:
+            pid = self.spawn_process(runtime, runtime.unit, runtime.generation, argv, label)
+        except (SpawnError, OSError) as exc:
+            self.log.warning("hook.failed", unit=runtime.name, hook=label, error=str(exc))
+            return ExitInfo(code=exc.exit_status if isinstance(exc, SpawnError) else 1)
+        fut: asyncio.Future[ExitInfo] = self.loop.create_future()
+        self.watch(pid, lambda info: None if fut.done() else fut.set_result(info))
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            pid1.kill_group(pid, signal.SIGKILL)
+            self.log.warning("hook.timeout", unit=runtime.name, hook=label, pid=pid,
+                             timeout=timeout)
+            return None
+
+    def spawn_background_hook(self, runtime: UnitRuntime, argv: tuple[str, ...],
+                              outcome: str) -> None:
+        """post_process hooks: run, log their result, never block the relay."""
+        async def run() -> None:
+            info = await self.run_helper(runtime, argv, 60.0, "post-process")
+            self.log.info("hook.done", unit=runtime.name, hook="post-process",
+                          outcome=outcome, result=str(info) if info else "timeout")
+        task = asyncio.ensure_future(run())
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def reread_unit(self, name: str) -> Unit | None:
+        """The unit's definition from the files now, or None if they do not validate."""
+        try:
+            loaded = load_paths(self.paths)
+        except UnitErrors as exc:
+            for err in exc.errors:
+                self.log.error("reload.invalid", error=str(err))
+            return None
+        return loaded.by_name().get(name)
+
+    def build_request(self, runtime: UnitRuntime, unit: Unit, generation: int) -> SpawnRequest:
         """Everything but the output pipes; raises OSError for a bad user or env file.
 
         The environment follows systemd's rules: LISTEN_* only when there are fds
         (sockets first, then the fd store), NOTIFY_SOCKET only when NotifyAccess
         is not none, WATCHDOG_USEC/WATCHDOG_PID only with a watchdog.
         """
-        unit = runtime.unit
         svc = unit.service
         env = dict(self.base_env)
         for path, optional in svc.env_files:
             env.update(read_env_file(path, optional))
         env.update(svc.env)
         env["AETERNA_UNIT"] = unit.name
-        env["AETERNA_GENERATION"] = str(runtime.generation)
+        env["AETERNA_GENERATION"] = str(generation)
         pid_env: list[str] = []
         socket_fds = [lst.fd for lst in runtime.listeners]
         names = [lst.spec.name for lst in runtime.listeners]
@@ -386,6 +499,10 @@ class Manager:
                     r.dispatch(Event.STOP)
         if self.shutting_down:
             self._advance_shutdown()
+        self.wake_waiters()
+
+    def wake_waiters(self) -> None:
+        """Resolve every ``wait_for`` whose condition now holds; maybe finish."""
         still = []
         for pred, fut in self._waiters:
             if fut.done():
@@ -405,7 +522,8 @@ class Manager:
         if self.shutting_down:
             settled = DOWN_STATES
         if all(s in settled for s in states) and not any(
-                r.pending_start for r in self.units.values()):
+                r.pending_start for r in self.units.values()) and not self.relays.current \
+                and not self.relays.draining:
             code = self.exit_status()
             self.log.info("manager.exiting", status=code, orphans_reaped=self.orphans_reaped)
             self._done.set_result(code)
@@ -433,6 +551,17 @@ class Manager:
             return True
         except TimeoutError:
             return False
+
+
+def _keep_sockets(new: Unit, old: Unit, log: Log) -> Unit:
+    """Sockets are bound once for the manager's life: a changed list is not applied."""
+    if new.service.sockets == old.service.sockets:
+        return new
+    log.warning("reload.sockets-kept", unit=new.name,
+                reason="sockets are bound once; restart the manager to change them")
+    from dataclasses import replace
+
+    return replace(new, service=replace(new.service, sockets=old.service.sockets))
 
 
 def _errno_name(err: int) -> str:

@@ -190,10 +190,46 @@ class Service:
         return NotifyAccess.NONE
 
 
+class ProbeKind(enum.Enum):
+    HTTP = "http"
+    TCP = "tcp"
+    EXEC = "exec"
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A health check run against the canary during the soak."""
+
+    kind: ProbeKind
+    target: str = ""  # URL for http, host:port for tcp
+    command: tuple[str, ...] = ()  # for exec
+    expect_status: int = 200
+    interval: float = 1.0
+    timeout: float = 2.0
+
+
+@dataclass(frozen=True)
+class Hook:
+    """A command run around a relay (pre-flight check or post-process)."""
+
+    command: tuple[str, ...]
+    name: str = ""
+    timeout: float = 30.0
+
+
 @dataclass(frozen=True)
 class Canary:
     enabled: bool = False
     soak_time: float = 0.0
+    probes: tuple[Probe, ...] = ()
+    max_rss: int = 0  # bytes over the canary's process tree; 0 = no limit
+    max_cpu_percent: float = 0.0  # 0 = no limit
+
+
+@dataclass(frozen=True)
+class Drain:
+    timeout: float = 30.0
+    signal: signal.Signals = signal.SIGTERM
 
 
 @dataclass(frozen=True)
@@ -211,6 +247,12 @@ class Orchestration:
     strategy: Strategy = Strategy.RESTART
     canary: Canary = Canary()
     state_handoff: StateHandoff = StateHandoff()
+    pre_flight: tuple[Hook, ...] = ()
+    startup_timeout: float = 0.0  # 0 = the service's start timeout
+    drain: Drain = Drain()
+    max_draining: int = 1
+    on_success: tuple[tuple[str, ...], ...] = ()
+    on_failure: tuple[tuple[str, ...], ...] = ()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """The manager's end of sd_notify: receive, find the unit, authorise, act.
 
-One ``NotifyReceiver`` socket serves every unit (systemd does the same with
+Targets are unit runtimes and, during a hot relay, the relay standing for its
+canary (N+1): both expose the same small surface (main_pid, pgid, dispatch,
+status_text, ...). One ``NotifyReceiver`` socket serves every unit (systemd does the same with
 /run/systemd/notify). A datagram is matched to a unit by its sender's pid: the
 unit's main pid, or any process of the unit's process group for
 ``NotifyAccess=all``. ``notify.authorise`` decides; every dropped datagram has
@@ -11,15 +13,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .model import NotifyAccess
 from .notify import Datagram, NotifyMessage, NotifyReceiver, Rejection, authorise, close_fds
-from .unit import Event, State
+from .unit import Event
 
 if TYPE_CHECKING:
     from .log import Log
-    from .unit import UnitRuntime
 
 # Bound on datagrams handled per wake-up, so a flood cannot starve the loop.
 _BATCH = 256
@@ -41,7 +42,7 @@ class NotifyEndpoint:
     def close(self) -> None:
         self.receiver.close()
 
-    def drain(self, units: Iterable[UnitRuntime]) -> bool:
+    def drain(self, units: Iterable[Any]) -> bool:
         """Handle queued datagrams; True if more may be waiting (batch limit hit)."""
         runtimes = list(units)
         for _ in range(_BATCH):
@@ -56,7 +57,7 @@ class NotifyEndpoint:
         self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
         self.log.warning("notify.dropped", reason=reason.value, pid=d.pid, fds=d.n_fds, **fields)
 
-    def _handle(self, d: Datagram, runtimes: list[UnitRuntime]) -> None:
+    def _handle(self, d: Datagram, runtimes: list[Any]) -> None:
         if d.rejection is not None or d.message is None or d.pid is None:
             reason = d.rejection or Rejection.NO_CREDENTIALS
             self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
@@ -79,7 +80,7 @@ class NotifyEndpoint:
         self.accepted += 1
         self._apply(runtime, msg, d.fds, d.uid == 0)
 
-    def _apply(self, r: UnitRuntime, msg: NotifyMessage, fds: list[int], root: bool) -> None:
+    def _apply(self, r: Any, msg: NotifyMessage, fds: list[int], root: bool) -> None:
         """Act on one authorised message; STOPPING/RELOADING before READY, as systemd."""
         if msg.notifyaccess is not None:
             r.notify_access_override = msg.notifyaccess
@@ -115,7 +116,7 @@ class NotifyEndpoint:
         elif msg.watchdog_ping:
             r.watchdog_ping()
 
-    def _store(self, r: UnitRuntime, msg: NotifyMessage, fds: list[int]) -> None:
+    def _store(self, r: Any, msg: NotifyMessage, fds: list[int]) -> None:
         if r.fdstore is None or r.fdstore.maximum <= 0:
             self.log.warning("fdstore.refused", unit=r.name, reason="fd_store_max=0",
                              fds=len(fds))
@@ -128,9 +129,11 @@ class NotifyEndpoint:
         fds.clear()
 
 
-def _find_unit(pid: int, runtimes: list[UnitRuntime]) -> UnitRuntime | None:
+def _find_unit(pid: int, runtimes: list[Any]) -> Any:
+    """The unit (or a relay's canary) that ``pid`` speaks for: its main process
+    first, then any member of its process group."""
     for r in runtimes:
-        if r.main_pid == pid and r.state is not State.INACTIVE:
+        if r.main_pid == pid:
             return r
     for r in runtimes:
         if r.pgid is not None and _in_group(pid, r.pgid):

@@ -126,7 +126,8 @@ class UnitRuntime:
         self.result = Result.SUCCESS
         self.main_pid: int | None = None
         self.pgid: int | None = None
-        self.generation = 0
+        self.generation = 0  # of the serving process
+        self.last_generation = 0  # the highest generation number handed out
         self.restarts = 0
         self.restart_attempt = 0  # consecutive automatic restarts, for backoff
         self.started_at: float | None = None  # monotonic, of the current process
@@ -249,7 +250,7 @@ class UnitRuntime:
             return
         self.result = Result.SUCCESS
         self.restart_after_stop = False
-        self.generation += 1
+        self.generation = self.allocate_generation()
         try:
             pid = self.host.spawn_main(self)
         except SpawnError as exc:
@@ -286,6 +287,27 @@ class UnitRuntime:
         """READY=1 from an authorised sender: the unit is up."""
         self._disarm()
         self.restart_attempt = 0
+        self._set_state(State.ACTIVE)
+        self._arm_watchdog()
+
+    def allocate_generation(self) -> int:
+        self.last_generation += 1
+        return self.last_generation
+
+    def adopt(self, pid: int, generation: int, unit: Unit, status_text: str) -> None:
+        """Hot relay promotion: N+1 becomes this unit's main process, whatever N was doing."""
+        self._disarm()
+        self._disarm_watchdog()
+        self.unit = unit
+        self.main_pid = self.pgid = pid
+        self.generation = generation
+        self.started_at = time.monotonic()
+        self.status_text = status_text
+        self.result = Result.SUCCESS
+        self.stop_requested = False
+        self.restart_attempt = 0
+        self.notify_access_override = None
+        self.watchdog_usec_override = None
         self._set_state(State.ACTIVE)
         self._arm_watchdog()
 

@@ -20,7 +20,6 @@ import yaml
 
 from ..model import (
     Backoff,
-    Canary,
     Dependency,
     KillMode,
     ListenSpec,
@@ -33,8 +32,6 @@ from ..model import (
     SocketType,
     Source,
     StartLimit,
-    StateHandoff,
-    Strategy,
     Timeouts,
     Unit,
 )
@@ -204,6 +201,8 @@ def load_yaml_unit(text: str, file: str) -> Unit:
         raise UnitError(file, root.start_mark.line + 1, "service",
                         "expected a mapping, found nothing (missing key)")
     service = _service(doc, top["service"][1])
+    from .yaml_orchestration import orchestration as _orchestration
+
     orchestration = (_orchestration(doc, top["orchestration"][1])
                      if "orchestration" in top else Orchestration())
     observability = (_observability(doc, top["observability"][1])
@@ -381,36 +380,6 @@ def check_address(doc: _Doc, node: yaml.Node, path: str, address: str,
         parse_address(address, type_)
     except ValueError as exc:
         raise UnitError(doc.file, node.start_mark.line + 1, path, str(exc)) from None
-
-
-def _orchestration(doc: _Doc, node: yaml.Node) -> Orchestration:
-    p = "orchestration"
-    m = doc.mapping(node, p, ("strategy", "canary", "state_handoff"))
-    kw: dict[str, Any] = {}
-    if "strategy" in m:
-        kw["strategy"] = doc.choice(m["strategy"][1], f"{p}.strategy", Strategy)
-    if "canary" in m:
-        c = doc.mapping(m["canary"][1], f"{p}.canary", ("enabled", "soak_time"))
-        kw["canary"] = Canary(
-            enabled=doc.boolean(c["enabled"][1], f"{p}.canary.enabled") if "enabled" in c else True,
-            soak_time=doc.duration(c["soak_time"][1], f"{p}.canary.soak_time")
-            if "soak_time" in c else 0.0)
-    if "state_handoff" in m:
-        q = f"{p}.state_handoff"
-        s = doc.mapping(m["state_handoff"][1], q, (
-            "enabled", "socket_path", "timeout", "required", "max_size", "persist_dir"))
-        d = StateHandoff()
-        kw["state_handoff"] = StateHandoff(
-            enabled=doc.boolean(s["enabled"][1], f"{q}.enabled") if "enabled" in s else True,
-            socket_path=doc.text(s["socket_path"][1], f"{q}.socket_path")
-            if "socket_path" in s else "",
-            timeout=doc.duration(s["timeout"][1], f"{q}.timeout") if "timeout" in s else d.timeout,
-            required=doc.boolean(s["required"][1], f"{q}.required") if "required" in s else False,
-            max_size=doc.parsed(s["max_size"][1], f"{q}.max_size", parse_size,
-                                'a size like "1GiB"') if "max_size" in s else 0,
-            persist_dir=doc.text(s["persist_dir"][1], f"{q}.persist_dir")
-            if "persist_dir" in s else "")
-    return Orchestration(**kw)
 
 
 def _observability(doc: _Doc, node: yaml.Node) -> Observability:
