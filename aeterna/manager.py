@@ -29,6 +29,7 @@ from .relay import Relay
 from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result
 from .sockets import SocketError, bind_listeners, remove_listener
 from .spawn import SpawnError, SpawnRequest, spawn
+from .srp import SrpUnit
 from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
 
 # Variables that describe *our* activation and must never leak to a child.
@@ -60,6 +61,7 @@ class Manager:
         # canaries, draining generations, hooks and exec probes.
         self.watched: dict[int, Callable[[ExitInfo], None]] = {}
         self.relays = Coordinator(self)
+        self.srp: dict[str, SrpUnit] = {}
         self._bg: set[asyncio.Task[Any]] = set()
         self.base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
 
@@ -79,6 +81,8 @@ class Manager:
         loop.add_signal_handler(pid1.RELOAD_SIGNAL, self._on_sighup)
         self._open_notify()
         self._bind_sockets()
+        for runtime in self.units.values():
+            self.srp_for(runtime, runtime.unit)
         if self.control_path:
             from .control import ControlServer
 
@@ -154,6 +158,8 @@ class Manager:
             if runtime.fdstore is not None:
                 self.loop.remove_reader(runtime.fdstore.epoll_fd())
                 runtime.fdstore.close()
+        for srp in self.srp.values():
+            srp.close()
 
     def _on_sigchld(self) -> None:
         """Reap everything; dispatch main-process exits; count orphans."""
@@ -174,6 +180,14 @@ class Manager:
             if runtime.state in (State.STOPPING, State.KILLING):
                 runtime.check_group()
         self.relays.check_groups()
+
+    def srp_for(self, runtime: UnitRuntime, unit: Unit) -> SrpUnit | None:
+        """The unit's SRP state, created the first time a definition enables it."""
+        if not unit.orchestration.state_handoff.enabled:
+            return self.srp.get(runtime.name)
+        if runtime.name not in self.srp:
+            self.srp[runtime.name] = SrpUnit(self, runtime)
+        return self.srp[runtime.name]
 
     def notify_targets(self) -> list[Any]:
         return [*self.relays.current.values(), *self.units.values()]
@@ -354,9 +368,20 @@ class Manager:
         """Fork/exec with env, identity and output pipes prefixed ``unit[pid]``."""
         assert self.loop is not None
         req = self.build_request(runtime, unit, generation)
+        srp_child = -1
         if argv is not None:  # a hook or probe: the unit's environment, no fds
             req = _with(req, argv=argv, pass_fds=(), blocking_fds=frozenset(),
                         pid_env=(), argv0="")
+        else:
+            srp = self.srp_for(runtime, unit)
+            if srp is not None and unit.orchestration.state_handoff.enabled:
+                # The SRP end goes right after the LISTEN_FDS range (docs/srp.md §2).
+                srp_child = srp.open_channel(generation)
+                target = 3 + len(req.pass_fds)
+                env = dict(req.env, AETERNA_SRP_FD=str(target))
+                if unit.orchestration.state_handoff.socket_path:
+                    env["AETERNA_SRP_SOCKET"] = unit.orchestration.state_handoff.socket_path
+                req = _with(req, extra_fd=(srp_child, target), env=env)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
         try:
@@ -369,6 +394,8 @@ class Manager:
         finally:
             os.close(out_w)
             os.close(err_w)
+            if srp_child >= 0:
+                os.close(srp_child)  # the child has its copy; EOF on ours means it is gone
         prefix = f"{runtime.name}{'/' + label if label else ''}[{pid}]: "
         LineRelay(self.loop, out_r, prefix, sys.stdout.buffer)
         LineRelay(self.loop, err_r, prefix, sys.stderr.buffer)

@@ -68,6 +68,7 @@ class Reason(enum.Enum):
     RESOURCES = "resource-limit"
     WATCHDOG = "watchdog"
     NOT_RELAYABLE = "not-relayable"
+    HANDOFF = "handoff-failed"  # SRP with required: true
     STOPPED = "unit-stopped"
 
 
@@ -86,6 +87,7 @@ class Outcome:
     phase: str = ""  # the phase that failed
     reason: str = ""
     detail: str = ""
+    handoff: str = ""  # SRP: "ok", a failure reason, or "" when SRP is off
     old_pid: int | None = None
     new_pid: int | None = None
     durations: dict[str, float] = field(default_factory=dict)
@@ -119,6 +121,8 @@ class Relay:
         self.stopping_notified = False
         self.errno: int | None = None
         self.notified_exit_status: int | None = None
+        self.handoff = ""  # SRP outcome, set by srp.SrpUnit.handoff
+        self.handoff_checkpointed = False  # N gave its state and stopped taking work
 
     @property
     def name(self) -> str:
@@ -168,8 +172,11 @@ class Relay:
                               new_pid=self.main_pid)
             hooks = self.unit.orchestration.on_success
         except RelayFailed as exc:
-            if self.main_pid is not None:
+            if self.main_pid is not None or self.handoff_checkpointed:
                 self._enter(Phase.ROLLING_BACK)
+                srp = self.m.srp.get(self.name)
+                if srp is not None:
+                    await srp.rollback(self)
                 await self._stop_canary()
             self._enter(Phase.DONE)
             outcome = Outcome("rolled-back" if self.generation else "aborted", self.name,
@@ -179,11 +186,13 @@ class Relay:
         finally:
             self._disarm_watchdog()
         outcome.durations = dict(self.durations)
+        outcome.handoff = self.handoff
         outcome.total = round(time.monotonic() - t0, 6)
         self.m.log.info("relay.outcome", unit=self.name, outcome=outcome.outcome,
                         generation=outcome.generation, phase=outcome.phase or None,
                         reason=outcome.reason or None, detail=outcome.detail or None,
                         old_pid=outcome.old_pid, new_pid=outcome.new_pid, total=outcome.total,
+                        handoff=outcome.handoff or None,
                         **{f"t_{k.replace('-', '_')}": v for k, v in outcome.durations.items()})
         for argv in hooks:
             self.m.spawn_background_hook(self.runtime, argv, outcome.outcome)
@@ -217,12 +226,15 @@ class Relay:
         if svc.type in (ServiceType.SIMPLE, ServiceType.EXEC):
             self._ready.set_result(None)
         timeout = self.unit.orchestration.startup_timeout or svc.timeouts.start
-        waits: set[asyncio.Future[Any]] = {self._ready, self._exited}
+        assert self._failed is not None
+        waits: set[asyncio.Future[Any]] = {self._ready, self._exited, self._failed}
         done, _ = await asyncio.wait(waits,
                                      timeout=None if timeout == float("inf") else timeout,
                                      return_when=asyncio.FIRST_COMPLETED)
         if self._exited in done:
             raise RelayFailed(Reason.EXITED_AT_START, str(self._exited.result()))
+        if self._failed in done:
+            raise self._failed.result()
         if self._ready not in done:
             raise RelayFailed(Reason.START_TIMEOUT, f"not ready within {timeout}s")
         self._arm_watchdog()
