@@ -522,3 +522,26 @@ def test_fuzz_whole_loader_raises_only_unit_errors(service: list[str], socket: l
             load_systemd_dir(tmp, specifiers=CTX)
         except (UnitError, UnitErrors):
             pass
+
+
+def test_x_aeterna_hot_relay_settings(tmp_path: Path) -> None:
+    (tmp_path / "web.service").write_text(
+        "[Service]\nType=notify\nExecStart=/usr/bin/true\n"
+        "[X-Aeterna]\nStrategy=hot-relay\nPreFlight=/bin/true --check\n"
+        "PreFlightTimeoutSec=10s\nStartupTimeoutSec=1min\nCanarySoakSec=30s\n"
+        "CanaryProbeHTTP=http://127.0.0.1:8080/healthz\nCanaryProbeTCP=127.0.0.1:8080\n"
+        "CanaryProbeExec=/usr/bin/myapp --ping\nCanaryMaxRSS=512M\nCanaryMaxCPUPercent=90\n"
+        "DrainTimeoutSec=30s\nDrainSignal=SIGQUIT\nMaxDraining=2\n"
+        "OnSuccess=/bin/echo ok\nOnFailure=/bin/echo rollback\n")
+    (unit,), _warnings = load_systemd_dir(tmp_path)
+    o = unit.orchestration
+    assert o.strategy.value == "hot-relay"
+    assert [(h.command, h.timeout) for h in o.pre_flight] == [(("/bin/true", "--check"), 10.0)]
+    assert o.startup_timeout == 60.0
+    assert o.canary.enabled and o.canary.soak_time == 30.0
+    assert [(p.kind.value, p.target or p.command) for p in o.canary.probes] == [
+        ("http", "http://127.0.0.1:8080/healthz"), ("tcp", "127.0.0.1:8080"),
+        ("exec", ("/usr/bin/myapp", "--ping"))]
+    assert o.canary.max_rss == 512 * 1024**2 and o.canary.max_cpu_percent == 90
+    assert (o.drain.timeout, o.drain.signal.name, o.max_draining) == (30.0, "SIGQUIT", 2)
+    assert o.on_success == (("/bin/echo", "ok"),) and o.on_failure == (("/bin/echo", "rollback"),)

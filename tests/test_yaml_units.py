@@ -257,3 +257,43 @@ def test_fuzz_structured_yaml_raises_only_unit_error(doc: object) -> None:
         load_yaml_unit(text, "f.yaml")
     except UnitError as exc:
         assert "\n" not in str(exc)
+
+
+def test_issue_orchestration_block_is_accepted() -> None:
+    unit = load_yaml_unit(BASE + textwrap.dedent("""\
+        orchestration:
+          strategy: hot-relay            # or: restart
+          pre_flight:
+            - {name: config-check, command: ["myapp", "--check"], timeout: 10s}
+          startup: {timeout: 60s}
+          canary:
+            enabled: true
+            soak_time: 30s
+            probes:
+              - {http: "http://127.0.0.1:8080/healthz", expect_status: 200, interval: 1s}
+              - {tcp: "127.0.0.1:8080"}
+              - {exec: ["myapp", "--ping"], timeout: 2s}
+            max_rss: 512MiB
+            max_cpu_percent: 90
+          drain: {timeout: 30s, signal: SIGTERM}
+          max_draining: 1
+          post_process:
+            on_success: [["notify-deploy", "ok"]]
+            on_failure: [["notify-deploy", "rollback"]]
+        """), "u.yaml")
+    o = unit.orchestration
+    assert o.strategy is Strategy.HOT_RELAY
+    assert o.pre_flight[0].name == "config-check" and o.pre_flight[0].timeout == 10
+    assert o.startup_timeout == 60
+    assert [p.kind.value for p in o.canary.probes] == ["http", "tcp", "exec"]
+    assert o.canary.probes[2].timeout == 2 and o.canary.max_rss == 512 * 1024**2
+    assert o.drain.timeout == 30 and o.max_draining == 1
+    assert o.on_failure == (("notify-deploy", "rollback"),)
+
+
+def test_probe_needs_exactly_one_kind() -> None:
+    with pytest.raises(UnitError) as info:
+        load_yaml_unit(BASE + "orchestration:\n  canary:\n    probes:\n      - {interval: 1s}\n",
+                       "u.yaml")
+    assert str(info.value) == ("u.yaml:7: orchestration.canary.probes[0]: expected exactly one "
+                               "of http, tcp or exec, found none")

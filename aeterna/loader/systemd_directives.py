@@ -140,6 +140,18 @@ def _set(bucket: str, name: str, conv: Callable[[str], Any] = str) -> Handler:
     return handler
 
 
+def _append(bucket: str, name: str, conv: Callable[[str], Any] = str) -> Handler:
+    """A list: each assignment adds one value, an empty one empties the list."""
+    def handler(d: Draft, e: Entry, v: str) -> None:
+        store: dict[str, Any] = getattr(d, bucket)
+        if v == "":
+            store.pop(name, None)
+            return
+        values, _first = store.get(name, ([], e))
+        store[name] = ([*values, conv(v)], e)
+    return handler
+
+
 def _description(d: Draft, e: Entry, v: str) -> None:
     d.description = v
 
@@ -348,5 +360,20 @@ AETERNA: dict[str, tuple[Handler, bool]] = {
     "StateHandoffRequired": (_set(OR, "required", BOOL), False),
     "StateHandoffMaxSize": (_set(OR, "max_size", SIZE), False),
     "StateHandoffPersistDir": (_set(OR, "persist_dir", absolute_path), True),
+    # Hot relay (docs: the orchestration block of a YAML unit, one key per setting).
+    "PreFlight": (_exec("PreFlight"), True),
+    "PreFlightTimeoutSec": (_set(OR, "preflight_timeout", DURATION), False),
+    "StartupTimeoutSec": (_set(OR, "startup_timeout", DURATION), False),
+    "CanaryProbeHTTP": (_append(OR, "probe_http", str), True),
+    "CanaryProbeTCP": (_append(OR, "probe_tcp", str), True),
+    "CanaryProbeExec": (_exec("CanaryProbeExec"), True),
+    "CanaryProbeIntervalSec": (_set(OR, "probe_interval", DURATION), False),
+    "CanaryMaxRSS": (_set(OR, "max_rss", SIZE), False),
+    "CanaryMaxCPUPercent": (_set(OR, "max_cpu", whole_number(1, 100000)), False),
+    "DrainTimeoutSec": (_set(OR, "drain_timeout", DURATION), False),
+    "DrainSignal": (_set(OR, "drain_signal", SIGNAL), False),
+    "MaxDraining": (_set(OR, "max_draining", whole_number(1, 1000)), False),
+    "OnSuccess": (_exec("OnSuccess"), True),
+    "OnFailure": (_exec("OnFailure"), True),
 }
 

@@ -38,8 +38,12 @@ from ..model import (
     Backoff,
     Canary,
     Dependency,
+    Drain,
+    Hook,
     ListenSpec,
     Orchestration,
+    Probe,
+    ProbeKind,
     RestartPolicy,
     Service,
     ServiceType,
@@ -403,11 +407,30 @@ def finish_orchestration(d: Draft) -> Orchestration:
     """``[X-Aeterna]``: a canary or a handoff is on when switched on, or when any of
     its settings is given and it is not switched off (as a YAML block would be)."""
     o = {k: v for k, (v, _e) in d.orchestration.items()}
-    canary = Canary(o.get("canary", "soak_time" in o), o.get("soak_time", 0.0))
+    interval = o.get("probe_interval", 1.0)
+    probes = (*(Probe(ProbeKind.HTTP, target=u, interval=interval)
+                for u in o.get("probe_http", [])),
+              *(Probe(ProbeKind.TCP, target=a, interval=interval)
+                for a in o.get("probe_tcp", [])),
+              *(Probe(ProbeKind.EXEC, command=c.argv, interval=interval)
+                for c, _e in d.execs.get("CanaryProbeExec", [])))
+    canary_keys = ("soak_time", "probe_http", "probe_tcp", "max_rss", "max_cpu")
+    canary = Canary(o.get("canary", any(k in o for k in canary_keys) or bool(probes)),
+                    o.get("soak_time", 0.0), probes, o.get("max_rss", 0),
+                    float(o.get("max_cpu", 0)))
     handoff_keys = ("socket_path", "timeout", "required", "max_size", "persist_dir")
     handoff = StateHandoff(
         enabled=o.get("handoff", any(k in o for k in handoff_keys)),
         socket_path=o.get("socket_path", ""), timeout=o.get("timeout", StateHandoff().timeout),
         required=o.get("required", False), max_size=o.get("max_size", 0),
         persist_dir=o.get("persist_dir", ""))
-    return Orchestration(o.get("strategy", Strategy.RESTART), canary, handoff)
+    hook_timeout = o.get("preflight_timeout", 30.0)
+    drain = Drain(o.get("drain_timeout", Drain().timeout), o.get("drain_signal", Drain().signal))
+    return Orchestration(
+        o.get("strategy", Strategy.RESTART), canary, handoff,
+        pre_flight=tuple(Hook(c.argv, timeout=hook_timeout)
+                         for c, _e in d.execs.get("PreFlight", [])),
+        startup_timeout=o.get("startup_timeout", 0.0), drain=drain,
+        max_draining=o.get("max_draining", 1),
+        on_success=tuple(c.argv for c, _e in d.execs.get("OnSuccess", [])),
+        on_failure=tuple(c.argv for c, _e in d.execs.get("OnFailure", [])))
