@@ -9,21 +9,19 @@ polled: an idle manager sleeps in epoll_wait with no timeout.
 from __future__ import annotations
 
 import asyncio
-import grp
 import os
-import pwd
 import signal
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import pid1
+from . import environment, pid1, reloading
 from .coordinator import Coordinator
 from .loader import LoadResult, load_paths, start_order
 from .loader.errors import UnitErrors
 from .log import Log
-from .model import ServiceType, Strategy, Unit
-from .notify_endpoint import NotifyEndpoint, wants_notify_socket
+from .model import Unit
+from .notify_endpoint import NotifyEndpoint
 from .output import LineRelay, make_pipe
 from .relay import Relay
 from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result
@@ -263,64 +261,12 @@ class Manager:
             runtime.dispatch(Event.STOP)
 
     def reload(self, relay: bool = True) -> dict[str, Any]:
-        """Re-read and validate the unit files (SIGHUP, ``aeterna reload``).
-
-        Broken files change nothing: the running configuration is kept and the
-        errors are reported. Otherwise every ``hot-relay`` unit is relayed to its
-        new definition; other changed units take theirs at their next start.
-        """
-        try:
-            loaded = load_paths(self.paths)
-        except UnitErrors as exc:
-            for err in exc.errors:
-                self.log.error("reload.invalid", error=str(err))
-            self.log.error("reload.rejected", reason="invalid unit files",
-                           kept="running configuration")
-            return {"ok": False, "errors": [str(e) for e in exc.errors]}
-        new = loaded.by_name()
-        old = {n: r.unit for n, r in self.units.items()}
-        diff = {
-            "added": sorted(set(new) - set(old)),
-            "removed": sorted(set(old) - set(new)),
-            "changed": sorted(n for n in set(new) & set(old) if new[n] != old[n]),
-        }
-        for key, names in diff.items():
-            for n in names:
-                self.log.info("reload.diff", unit=n, change=key)
-        self.log.info("reload.checked", added=len(diff["added"]), removed=len(diff["removed"]),
-                      changed=len(diff["changed"]))
-        relayed: list[str] = []
-        futures: list[asyncio.Future[Any]] = []
-        for name in self.order:
-            unit = new.get(name)
-            if unit is None:
-                continue
-            runtime = self.units[name]
-            if (relay and unit.orchestration.strategy is Strategy.HOT_RELAY
-                    and runtime.state in UP_STATES):
-                futures.append(self.relays.request(name, unit))
-                relayed.append(name)
-            elif name in diff["changed"]:
-                runtime.unit = _keep_sockets(unit, runtime.unit, self.log)
-                self.log.info("reload.applied", unit=name, when="next start")
-        return {"ok": True, **diff, "relayed": relayed, "_futures": futures}
+        """Re-read and validate the unit files (SIGHUP, ``aeterna reload``)."""
+        return reloading.reload_all(self, relay)
 
     def reload_unit(self, name: str) -> tuple[str, Unit | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error)."""
-        try:
-            loaded = load_paths(self.paths)
-        except UnitErrors as exc:
-            for err in exc.errors:
-                self.log.error("reload.invalid", error=str(err))
-            return "invalid", None, "\n".join(str(e) for e in exc.errors)
-        unit = loaded.by_name().get(name)
-        if unit is None:
-            return "invalid", None, f"{name} is no longer defined in the unit files"
-        if unit.orchestration.strategy is Strategy.HOT_RELAY:
-            return "relay", unit, ""
-        if unit.service.type is ServiceType.NOTIFY_RELOAD and unit == self.units[name].unit:
-            return "in-place", unit, ""
-        return "restart", _keep_sockets(unit, self.units[name].unit, self.log), ""
+        return reloading.reload_one(self, name)
 
     # ---------------------------------------------------------- host API
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
@@ -370,7 +316,7 @@ class Manager:
         req = self.build_request(runtime, unit, generation)
         srp_child = -1
         if argv is not None:  # a hook or probe: the unit's environment, no fds
-            req = _with(req, argv=argv, pass_fds=(), blocking_fds=frozenset(),
+            req = environment.with_(req, argv=argv, pass_fds=(), blocking_fds=frozenset(),
                         pid_env=(), argv0="")
         else:
             srp = self.srp_for(runtime, unit)
@@ -381,11 +327,11 @@ class Manager:
                 env = dict(req.env, AETERNA_SRP_FD=str(target))
                 if unit.orchestration.state_handoff.socket_path:
                     env["AETERNA_SRP_SOCKET"] = unit.orchestration.state_handoff.socket_path
-                req = _with(req, extra_fd=(srp_child, target), env=env)
+                req = environment.with_(req, extra_fd=(srp_child, target), env=env)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
         try:
-            req = _with(req, stdout=out_w, stderr=err_w)
+            req = environment.with_(req, stdout=out_w, stderr=err_w)
             pid = spawn(req)
         except BaseException:
             for fd in (out_r, err_r):
@@ -442,62 +388,8 @@ class Manager:
         return loaded.by_name().get(name)
 
     def build_request(self, runtime: UnitRuntime, unit: Unit, generation: int) -> SpawnRequest:
-        """Everything but the output pipes; raises OSError for a bad user or env file.
-
-        The environment follows systemd's rules: LISTEN_* only when there are fds
-        (sockets first, then the fd store), NOTIFY_SOCKET only when NotifyAccess
-        is not none, WATCHDOG_USEC/WATCHDOG_PID only with a watchdog.
-        """
-        svc = unit.service
-        env = dict(self.base_env)
-        for path, optional in svc.env_files:
-            env.update(read_env_file(path, optional))
-        env.update(svc.env)
-        env["AETERNA_UNIT"] = unit.name
-        env["AETERNA_GENERATION"] = str(generation)
-        pid_env: list[str] = []
-        socket_fds = [lst.fd for lst in runtime.listeners]
-        names = [lst.spec.name for lst in runtime.listeners]
-        stored = runtime.fdstore.fds() if runtime.fdstore is not None else []
-        if runtime.fdstore is not None:
-            names += runtime.fdstore.names()
-        fds = socket_fds + stored
-        if fds:
-            env["LISTEN_FDS"] = str(len(fds))
-            env["LISTEN_FDNAMES"] = ":".join(names)
-            pid_env.append("LISTEN_PID")
-        if wants_notify_socket(svc.effective_notify_access()):
-            env["NOTIFY_SOCKET"] = self.notify.path
-            if svc.fd_store_max > 0:
-                env["FDSTORE"] = str(svc.fd_store_max)
-        if svc.watchdog_sec > 0:
-            env["WATCHDOG_USEC"] = str(int(svc.watchdog_sec * 1e6))
-            pid_env.append("WATCHDOG_PID")
-        uid = gid = None
-        groups: tuple[int, ...] | None = None
-        if svc.user:
-            pw = _getpw(svc.user)
-            uid, gid = pw.pw_uid, pw.pw_gid
-            groups = tuple(os.getgrouplist(pw.pw_name, pw.pw_gid))
-            env.update(USER=pw.pw_name, LOGNAME=pw.pw_name, HOME=pw.pw_dir)
-        if svc.group:
-            gid = _getgr(svc.group)
-            if groups is None:
-                groups = (gid,)
-        argv = svc.command
-        if svc.expand_env:
-            from .loader.systemd_words import expand_exec_env
-
-            argv = expand_exec_env(argv, env)
-            if not argv:
-                raise OSError(f"{unit.name}: the command expanded to nothing")
-        cwd = svc.working_directory
-        if cwd == "~":
-            cwd = env.get("HOME", "/")
-        return SpawnRequest(argv=argv, env=env, cwd=cwd,
-                            uid=uid, gid=gid, groups=groups, argv0=svc.argv0,
-                            pass_fds=tuple(fds), blocking_fds=frozenset(socket_fds),
-                            pid_env=tuple(pid_env))
+        return environment.build_request(runtime, unit, generation, self.base_env,
+                                         self.notify.path)
 
     def changed(self, runtime: UnitRuntime) -> None:
         """Every state change: wake waiters, unblock dependents, advance shutdown."""
@@ -580,64 +472,9 @@ class Manager:
             return False
 
 
-def _keep_sockets(new: Unit, old: Unit, log: Log) -> Unit:
-    """Sockets are bound once for the manager's life: a changed list is not applied."""
-    if new.service.sockets == old.service.sockets:
-        return new
-    log.warning("reload.sockets-kept", unit=new.name,
-                reason="sockets are bound once; restart the manager to change them")
-    from dataclasses import replace
-
-    return replace(new, service=replace(new.service, sockets=old.service.sockets))
-
-
 def _errno_name(err: int) -> str:
     import errno as errno_mod
 
     return errno_mod.errorcode.get(err, str(err))
 
 
-def _with(req: SpawnRequest, **changes: Any) -> SpawnRequest:
-    from dataclasses import replace
-
-    return replace(req, **changes)
-
-
-def _getpw(name: str) -> pwd.struct_passwd:
-    try:
-        return pwd.getpwuid(int(name)) if name.isdigit() else pwd.getpwnam(name)
-    except KeyError:
-        raise OSError(f"no such user: {name!r}") from None
-
-
-def _getgr(name: str) -> int:
-    try:
-        return int(name) if name.isdigit() else grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise OSError(f"no such group: {name!r}") from None
-
-
-def read_env_file(path: str, optional: bool) -> dict[str, str]:
-    """systemd's EnvironmentFile=: KEY=VALUE lines, # and ; comments, optional quotes."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        if optional:
-            return {}
-        raise
-    env: dict[str, str] = {}
-    for raw in lines:
-        line = raw.strip()
-        if not line or line[0] in "#;":
-            continue
-        if line.startswith("export "):
-            line = line[7:].lstrip()
-        key, eq, value = line.partition("=")
-        if not eq:
-            continue
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        env[key.strip()] = value
-    return env

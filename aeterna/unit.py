@@ -12,7 +12,6 @@ needs no asyncio: the host owns the loop, the reaper and spawning.
 
 from __future__ import annotations
 
-import enum
 import signal
 import time
 from collections.abc import Callable
@@ -25,84 +24,19 @@ from .policy import StartLimiter, classify_exit, restart_delay, should_restart
 from .results import ExitInfo, Result
 from .sockets import Listener
 from .spawn import SpawnError
+from .unit_notify import NotifyDriven
+from .unit_table import (
+    DOWN_STATES,
+    KILL_TIMEOUT,
+    RUNNING_STATES,
+    TRANSITIONS,
+    UP_STATES,
+    Event,
+    State,
+)
 
-
-class State(enum.Enum):
-    INACTIVE = "inactive"
-    WAITING = "waiting"  # start requested, ordered dependencies not up yet
-    STARTING = "starting"  # process running, not ready yet (notify, oneshot)
-    ACTIVE = "active"
-    RELOADING = "reloading"  # notify-reload: reload signal sent, or RELOADING=1 received
-    EXITED = "exited"  # a oneshot that finished successfully ("active (exited)")
-    STOPPING = "stopping"  # stop signal sent, waiting for the process group
-    KILLING = "killing"  # SIGKILL sent after the stop timeout
-    AUTO_RESTART = "auto-restart"  # waiting RestartSec before starting again
-    FAILED = "failed"
-
-
-class Event(enum.Enum):
-    START = "start"
-    STOP = "stop"
-    DEPS_UP = "deps-up"
-    DEP_FAILED = "dep-failed"
-    READY = "ready"
-    EXITED = "exited"  # the main process was reaped
-    GROUP_EMPTY = "group-empty"  # no process of the unit's group is left
-    TIMEOUT = "timeout"
-    RESTART_DUE = "restart-due"
-    WATCHDOG = "watchdog"  # the watchdog expired, or WATCHDOG=trigger
-    RELOAD = "reload"  # an in-place reload was asked for (notify-reload)
-    RELOADING = "reloading"  # RELOADING=1 received
-
-
-UP_STATES = frozenset({State.ACTIVE, State.RELOADING, State.EXITED})
-RUNNING_STATES = frozenset({State.STARTING, State.ACTIVE, State.RELOADING})
-DOWN_STATES = frozenset({State.INACTIVE, State.FAILED})
-
-_I = "ignore"
-TRANSITIONS: dict[tuple[State, Event], str] = {}
-for _s in State:
-    for _e in Event:
-        TRANSITIONS[(_s, _e)] = _I
-TRANSITIONS.update({
-    (State.INACTIVE, Event.START): "down_start",
-    (State.FAILED, Event.START): "down_start",
-    (State.WAITING, Event.STOP): "waiting_stop",
-    (State.WAITING, Event.DEPS_UP): "waiting_deps_up",
-    (State.WAITING, Event.DEP_FAILED): "waiting_dep_failed",
-    (State.STARTING, Event.STOP): "running_stop",
-    (State.STARTING, Event.READY): "starting_ready",
-    (State.STARTING, Event.EXITED): "running_exited",
-    (State.STARTING, Event.TIMEOUT): "starting_timeout",
-    (State.STARTING, Event.WATCHDOG): "running_watchdog",
-    (State.ACTIVE, Event.STOP): "running_stop",
-    (State.ACTIVE, Event.EXITED): "running_exited",
-    (State.ACTIVE, Event.WATCHDOG): "running_watchdog",
-    (State.ACTIVE, Event.RELOAD): "active_reload",
-    (State.ACTIVE, Event.RELOADING): "active_reloading",
-    (State.RELOADING, Event.STOP): "running_stop",
-    (State.RELOADING, Event.EXITED): "running_exited",
-    (State.RELOADING, Event.WATCHDOG): "running_watchdog",
-    (State.RELOADING, Event.READY): "reloading_ready",
-    (State.RELOADING, Event.RELOADING): "reloading_reloading",
-    (State.RELOADING, Event.TIMEOUT): "reloading_timeout",
-    (State.EXITED, Event.STOP): "exited_stop",
-    (State.STOPPING, Event.START): "stopping_start",
-    (State.STOPPING, Event.EXITED): "stopping_exited",
-    (State.STOPPING, Event.GROUP_EMPTY): "stopping_group_empty",
-    (State.STOPPING, Event.TIMEOUT): "stopping_timeout",
-    (State.KILLING, Event.START): "stopping_start",
-    (State.KILLING, Event.EXITED): "stopping_exited",
-    (State.KILLING, Event.GROUP_EMPTY): "stopping_group_empty",
-    (State.KILLING, Event.TIMEOUT): "killing_timeout",
-    (State.AUTO_RESTART, Event.START): "auto_restart_due",
-    (State.AUTO_RESTART, Event.RESTART_DUE): "auto_restart_due",
-    (State.AUTO_RESTART, Event.STOP): "auto_restart_stop",
-})
-
-# How long to wait for the group to die after SIGKILL before giving up on it
-# (a process in uninterruptible sleep cannot be killed).
-KILL_TIMEOUT = 5.0
+__all__ = ["DOWN_STATES", "RUNNING_STATES", "TRANSITIONS", "UP_STATES", "Event", "Host",
+           "State", "UnitRuntime"]
 
 
 class Host(Protocol):
@@ -116,7 +50,7 @@ class Host(Protocol):
     def warning(self, event: str, **fields: Any) -> None: ...
 
 
-class UnitRuntime:
+class UnitRuntime(NotifyDriven):
     """The running side of one unit: its process, state, timers and counters."""
 
     def __init__(self, unit: Unit, host: Host):
@@ -158,14 +92,10 @@ class UnitRuntime:
         self.last_reload = ""  # "", "success", "timeout"
 
     # ------------------------------------------------------------ plumbing
-    @property
-    def name(self) -> str:
-        return self.unit.name
-
     def dispatch(self, event: Event, **data: Any) -> None:
         """Run the handler the table names for (state, event)."""
         handler = TRANSITIONS[(self.state, event)]
-        if handler == _I:
+        if handler == "ignore":
             return
         getattr(self, handler)(**data)
 
@@ -311,110 +241,11 @@ class UnitRuntime:
         self._set_state(State.ACTIVE)
         self._arm_watchdog()
 
-    # ------------------------------------------------------------ watchdog
-    def watchdog_usec(self) -> int:
-        if self.watchdog_usec_override is not None:
-            return self.watchdog_usec_override
-        return int(self.unit.service.watchdog_sec * 1e6)
-
-    def _arm_watchdog(self, delay: float | None = None) -> None:
-        self._disarm_watchdog()
-        usec = self.watchdog_usec()
-        if usec <= 0 and delay is None:
-            return
-        delay = usec / 1e6 if delay is None else delay
-        self._wd_deadline = time.monotonic() + delay
-        self._wd_timer = self.host.call_later(delay, self._watchdog_expired)
-
-    def _disarm_watchdog(self) -> None:
-        if self._wd_timer is not None:
-            self._wd_timer.cancel()
-            self._wd_timer = None
-
-    def _watchdog_expired(self) -> None:
-        self._wd_timer = None
-        self.dispatch(Event.WATCHDOG)
-
-    def watchdog_ping(self) -> None:
-        """WATCHDOG=1: the service is alive; restart the countdown."""
-        if self.state in RUNNING_STATES:
-            self._arm_watchdog()
-
-    def set_watchdog_usec(self, usec: int) -> None:
-        """WATCHDOG_USEC=: a new timeout, re-armed from now (0 disables)."""
-        self.watchdog_usec_override = usec
-        if self.state in RUNNING_STATES:
-            self._arm_watchdog()
-
-    def running_watchdog(self) -> None:
-        """The watchdog expired (or WATCHDOG=trigger): kill with the watchdog signal."""
-        self._disarm_watchdog()
-        self._fail(Result.WATCHDOG)
-        self.host.warning("unit.watchdog", unit=self.name, pid=self.main_pid,
-                          signal=self.unit.service.watchdog_signal.name)
-        self.restart_after_stop = True
-        svc = self.unit.service
-        self._set_state(State.STOPPING)
-        self._signal(svc.watchdog_signal, first=True)
-        self._arm(svc.timeouts.stop, Event.TIMEOUT)
-
-    # ------------------------------------------------------------ reload
-    def active_reload(self) -> None:
-        """notify-reload: send the reload signal and wait for RELOADING=1 then READY=1."""
-        svc = self.unit.service
-        self.reload_t0_usec = time.monotonic_ns() // 1000
-        self.reload_requested = True
-        self.reload_seen = False
-        self._set_state(State.RELOADING)
-        if self.main_pid is not None:
-            pid1.kill_pid(self.main_pid, svc.reload_signal)
-        self._arm(svc.timeouts.start, Event.TIMEOUT)
-
-    def active_reloading(self, usec: int | None = None) -> None:
-        """An unsolicited RELOADING=1: a reload the service started itself."""
-        self.reload_requested = False
-        self.reload_seen = True
-        self._set_state(State.RELOADING)
-        self._arm(self.unit.service.timeouts.start, Event.TIMEOUT)
-
-    def reloading_reloading(self, usec: int | None = None) -> None:
-        """RELOADING=1 while we wait: it answers our signal only if stamped after it."""
-        if not self.reload_requested or (usec is not None and usec >= self.reload_t0_usec):
-            self.reload_seen = True
-
-    def reloading_ready(self) -> None:
-        """READY=1 ends the reload, if the RELOADING=1 that answers it came first."""
-        if not self.reload_seen:
-            return
-        self._disarm()
-        self.reloads += 1
-        self.last_reload = "success"
-        self.host.info("unit.reloaded", unit=self.name, outcome="success")
-        self._set_state(State.ACTIVE)
-
-    def reloading_timeout(self) -> None:
-        """The reload did not finish in time; the service keeps running as it is."""
-        self.reloads += 1
-        self.last_reload = "timeout"
-        self.host.warning("unit.reloaded", unit=self.name, outcome="timeout")
-        self._set_state(State.ACTIVE)
-
-    # ------------------------------------------------------------ notify
-    def effective_notify_access(self) -> NotifyAccess:
-        return self.notify_access_override or self.unit.service.effective_notify_access()
-
-    def set_main_pid(self, pid: int) -> None:
-        """MAINPID=: the service says another process is its main one now."""
-        if self.state in RUNNING_STATES and pid != self.main_pid:
-            self.host.info("unit.mainpid", unit=self.name, old=self.main_pid, new=pid)
-            self.main_pid = pid
-
     def fail_now(self, result: Result, event: str, **fields: Any) -> None:
         """Fail without starting (e.g. its socket could not be bound)."""
         self.result = result
         self.host.warning(event, unit=self.name, **fields)
         self._set_state(State.FAILED)
-
     def starting_timeout(self) -> None:
         """Not ready within the start timeout: stop it, and count a failure."""
         self._fail(Result.TIMEOUT)
