@@ -301,6 +301,13 @@ class Manager:
         """Start the unit's main process (its current definition and generation)."""
         return self.spawn_process(runtime, runtime.unit, runtime.generation)
 
+    def spawn_control(self, runtime: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int:
+        """An ExecStartPre/Post/Stop/Reload command: the unit's env and MAINPID, no fds."""
+        pid = self.spawn_process(runtime, runtime.unit, runtime.generation, argv, "control",
+                                 extra_env=runtime.control_env(runtime.main_pid), argv0=argv0)
+        self.watch(pid, lambda info: runtime.dispatch(Event.CONTROL_EXITED, info=info))
+        return pid
+
     def spawn_generation(self, runtime: UnitRuntime, unit: Unit, generation: int,
                          relay: Relay) -> int:
         """Start N+1 for a relay, on the unit's sockets, watched by the relay."""
@@ -310,14 +317,21 @@ class Manager:
         return pid
 
     def spawn_process(self, runtime: UnitRuntime, unit: Unit, generation: int,
-                      argv: tuple[str, ...] | None = None, label: str = "") -> int:
+                      argv: tuple[str, ...] | None = None, label: str = "",
+                      extra_env: dict[str, str] | None = None, argv0: str = "") -> int:
         """Fork/exec with env, identity and output pipes prefixed ``unit[pid]``."""
         assert self.loop is not None
         req = self.build_request(runtime, unit, generation)
         srp_child = -1
         if argv is not None:  # a hook or probe: the unit's environment, no fds
+            # systemd: control processes get NOTIFY_SOCKET only with NotifyAccess=exec|all.
+            access = unit.service.effective_notify_access().value
+            env = {k: v for k, v in req.env.items()
+                   if not k.startswith(("LISTEN_", "WATCHDOG_")) and k != "FDSTORE"
+                   and (k != "NOTIFY_SOCKET" or access in ("exec", "all"))}
+            env.update(extra_env or {})
             req = environment.with_(req, argv=argv, pass_fds=(), blocking_fds=frozenset(),
-                        pid_env=(), argv0="")
+                                    pid_env=(), argv0=argv0, env=env)
         else:
             srp = self.srp_for(runtime, unit)
             if srp is not None and unit.orchestration.state_handoff.enabled:

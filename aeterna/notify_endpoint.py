@@ -74,7 +74,9 @@ class NotifyEndpoint:
             return
         access = runtime.effective_notify_access()
         group = {d.pid} if _in_group(d.pid, runtime.pgid) else set()
-        if not authorise(access, d.pid, runtime.main_pid, set(), group):
+        control = getattr(runtime, "control_pid", None)
+        controls = {control} if control is not None else set()
+        if not authorise(access, d.pid, runtime.main_pid, controls, group):
             self._reject(Rejection.NOT_AUTHORISED, d, unit=runtime.name, access=access.value)
             return
         self.accepted += 1
@@ -133,7 +135,7 @@ def _find_unit(pid: int, runtimes: list[Any]) -> Any:
     """The unit (or a relay's canary) that ``pid`` speaks for: its main process
     first, then any member of its process group."""
     for r in runtimes:
-        if r.main_pid == pid:
+        if r.main_pid == pid or getattr(r, "control_pid", None) == pid:
             return r
     for r in runtimes:
         if r.pgid is not None and _in_group(pid, r.pgid):

@@ -77,7 +77,8 @@ def reload_one(m: Manager, name: str) -> tuple[str, Unit | None, str]:
         return "invalid", None, f"{name} is no longer defined in the unit files"
     if unit.orchestration.strategy is Strategy.HOT_RELAY:
         return "relay", unit, ""
-    if unit.service.type is ServiceType.NOTIFY_RELOAD and unit == m.units[name].unit:
+    if ((unit.service.type is ServiceType.NOTIFY_RELOAD or unit.service.exec_reload)
+            and unit == m.units[name].unit):
         return "in-place", unit, ""
     return "restart", _keep_sockets(unit, m.units[name].unit, m.log), ""
 

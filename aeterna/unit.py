@@ -24,6 +24,7 @@ from .policy import StartLimiter, classify_exit, restart_delay, should_restart
 from .results import ExitInfo, Result
 from .sockets import Listener
 from .spawn import SpawnError
+from .unit_control import ControlCommands
 from .unit_notify import NotifyDriven
 from .unit_table import (
     DOWN_STATES,
@@ -43,6 +44,7 @@ class Host(Protocol):
     """What a unit needs from the manager."""
 
     def spawn_main(self, unit: UnitRuntime) -> int: ...
+    def spawn_control(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int: ...
     def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
     def deps_state(self, unit: UnitRuntime) -> str: ...  # "up" | "waiting" | "failed"
     def changed(self, unit: UnitRuntime) -> None: ...
@@ -50,7 +52,7 @@ class Host(Protocol):
     def warning(self, event: str, **fields: Any) -> None: ...
 
 
-class UnitRuntime(NotifyDriven):
+class UnitRuntime(NotifyDriven, ControlCommands):
     """The running side of one unit: its process, state, timers and counters."""
 
     def __init__(self, unit: Unit, host: Host):
@@ -74,6 +76,9 @@ class UnitRuntime(NotifyDriven):
         self.pending_start = False  # start again once stopped (restart verb)
         self.restart_after_stop = False  # the stop was caused by a failure
         self._timer: Any = None
+        self.control_pid: int | None = None  # an ExecStartPre/Post/Stop/Reload command
+        self._controls = []
+        self._control_ignore = False
         self._deadline = 0.0  # monotonic time the state timer fires
         self._timer_event = Event.TIMEOUT
         # sd_notify-driven settings, reset at every start.
@@ -180,6 +185,13 @@ class UnitRuntime(NotifyDriven):
             return
         self.result = Result.SUCCESS
         self.restart_after_stop = False
+        pre = self.unit.service.exec_start_pre
+        if pre:
+            self._run_controls(pre, State.START_PRE, self._spawn_main, self._after_exit)
+        else:
+            self._spawn_main()
+
+    def _spawn_main(self) -> None:
         self.generation = self.allocate_generation()
         try:
             pid = self.host.spawn_main(self)
@@ -207,18 +219,52 @@ class UnitRuntime(NotifyDriven):
         self.host.info("unit.started", unit=self.name, pid=pid, generation=self.generation)
         t = self.unit.service.type
         if t in (ServiceType.SIMPLE, ServiceType.EXEC):
-            self._set_state(State.ACTIVE)
-            self._arm_watchdog()
+            self._started()
         else:
             self._set_state(State.STARTING)
             self._arm(self.unit.service.timeouts.start, Event.TIMEOUT)
 
     def starting_ready(self) -> None:
-        """READY=1 from an authorised sender: the unit is up."""
+        """READY=1 from an authorised sender: the unit is up (after ExecStartPost=)."""
         self._disarm()
-        self.restart_attempt = 0
-        self._set_state(State.ACTIVE)
-        self._arm_watchdog()
+        self._started()
+
+    def _started(self) -> None:
+        post = self.unit.service.exec_start_post
+        if post:
+            self._run_controls(post, State.START_POST, self._up, self._post_failed)
+        else:
+            self._up()
+
+    def _up(self) -> None:
+        # Like systemd's restart counter, the backoff step is not reset by success;
+        # only an explicit start resets it (RestartMaxDelaySec caps the growth).
+        oneshot_done = self.unit.service.type is ServiceType.ONESHOT and self.main_pid is None
+        self._set_state(State.EXITED if oneshot_done else State.ACTIVE)
+        if not oneshot_done:
+            self._arm_watchdog()
+
+    def _post_failed(self) -> None:
+        """An ExecStartPost= command failed: the unit fails and its process is stopped."""
+        self.restart_after_stop = True
+        if self.main_pid is not None:
+            self._begin_stop()
+        else:
+            self._after_exit()
+
+    def start_pre_stop(self) -> None:
+        """Stopped while ExecStartPre= runs: kill it, the main process never starts."""
+        self._disarm()
+        self._kill_control()
+        self.stop_requested = True
+        self._set_state(State.INACTIVE)
+
+    def stop_pre_exited(self, info: ExitInfo) -> None:
+        """The main process ended while ExecStop= ran: finish stopping."""
+        self._kill_control()
+        self._set_state(State.STOPPING)
+        self._arm(self.unit.service.timeouts.stop, Event.TIMEOUT)
+        self.stopping_exited(info)
 
     def allocate_generation(self) -> int:
         self.last_generation += 1
@@ -265,11 +311,12 @@ class UnitRuntime(NotifyDriven):
         result = classify_exit(info, svc.type, svc.success_exit_status)
         if svc.ignore_failure and result is not Result.SUCCESS:
             result = Result.SUCCESS
+        self._kill_control()
         if result is Result.SUCCESS and self.state is State.STARTING:
             if svc.type is ServiceType.ONESHOT:
                 self.host.info("unit.exited", unit=self.name, how=str(info), result="success")
                 self._reap_group_leftovers()
-                self._set_state(State.EXITED)
+                self._started()
                 return
             if svc.type in (ServiceType.NOTIFY, ServiceType.NOTIFY_RELOAD):
                 result = Result.PROTOCOL
@@ -312,9 +359,14 @@ class UnitRuntime(NotifyDriven):
 
     # ------------------------------------------------------------ stopping
     def running_stop(self) -> None:
-        """A manual stop: signal the process group, arm the stop timeout."""
+        """A manual stop: ExecStop= if any, then signal the group, arm the stop timeout."""
         self.stop_requested = True
-        self._begin_stop()
+        self._kill_control()
+        stop = self.unit.service.exec_stop
+        if stop and self.main_pid is not None:
+            self._run_controls(stop, State.STOP_PRE, self._begin_stop, self._begin_stop)
+        else:
+            self._begin_stop()
 
     def exited_stop(self) -> None:
         self.stop_requested = True

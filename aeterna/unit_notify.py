@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from . import pid1
-from .model import NotifyAccess, Unit
+from .model import NotifyAccess, ServiceType, Unit
 from .results import Result
 from .unit_table import RUNNING_STATES, Event, State
 
@@ -99,8 +99,23 @@ class NotifyDriven:
 
     # ------------------------------------------------------------ reload
     def active_reload(self) -> None:
-        """notify-reload: send the reload signal and wait for RELOADING=1 then READY=1."""
+        """In-place reload: ExecReload= first; then, for notify-reload, the reload
+        signal and a wait for RELOADING=1 then READY=1."""
+        cmds = self.unit.service.exec_reload
+        if cmds:
+            self._run_controls(cmds, State.RELOADING, self._reload_signal,  # type: ignore[attr-defined]
+                               self._reload_failed)
+        else:
+            self._reload_signal()
+
+    def _reload_signal(self) -> None:
         svc = self.unit.service
+        if svc.type is not ServiceType.NOTIFY_RELOAD:
+            self.reloads += 1
+            self.last_reload = "success"
+            self.host.info("unit.reloaded", unit=self.name, outcome="success")
+            self._set_state(State.ACTIVE)
+            return
         self.reload_t0_usec = time.monotonic_ns() // 1000
         self.reload_requested = True
         self.reload_seen = False
@@ -108,6 +123,12 @@ class NotifyDriven:
         if self.main_pid is not None:
             pid1.kill_pid(self.main_pid, svc.reload_signal)
         self._arm(svc.timeouts.start, Event.TIMEOUT)
+
+    def _reload_failed(self) -> None:
+        self.reloads += 1
+        self.last_reload = "failed"
+        self.host.warning("unit.reloaded", unit=self.name, outcome="failed")
+        self._set_state(State.ACTIVE)
 
     def active_reloading(self, usec: int | None = None) -> None:
         """An unsolicited RELOADING=1: a reload the service started itself."""
@@ -133,6 +154,7 @@ class NotifyDriven:
 
     def reloading_timeout(self) -> None:
         """The reload did not finish in time; the service keeps running as it is."""
+        self._kill_control()  # type: ignore[attr-defined]
         self.reloads += 1
         self.last_reload = "timeout"
         self.host.warning("unit.reloaded", unit=self.name, outcome="timeout")

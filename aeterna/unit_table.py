@@ -14,10 +14,13 @@ import enum
 class State(enum.Enum):
     INACTIVE = "inactive"
     WAITING = "waiting"  # start requested, ordered dependencies not up yet
+    START_PRE = "start-pre"  # running ExecStartPre= commands
     STARTING = "starting"  # process running, not ready yet (notify, oneshot)
+    START_POST = "start-post"  # running ExecStartPost= commands
     ACTIVE = "active"
     RELOADING = "reloading"  # notify-reload: reload signal sent, or RELOADING=1 received
     EXITED = "exited"  # a oneshot that finished successfully ("active (exited)")
+    STOP_PRE = "stop-pre"  # running ExecStop= commands before the stop signal
     STOPPING = "stopping"  # stop signal sent, waiting for the process group
     KILLING = "killing"  # SIGKILL sent after the stop timeout
     AUTO_RESTART = "auto-restart"  # waiting RestartSec before starting again
@@ -37,10 +40,11 @@ class Event(enum.Enum):
     WATCHDOG = "watchdog"  # the watchdog expired, or WATCHDOG=trigger
     RELOAD = "reload"  # an in-place reload was asked for (notify-reload)
     RELOADING = "reloading"  # RELOADING=1 received
+    CONTROL_EXITED = "control-exited"  # an Exec{StartPre,StartPost,Stop,Reload}= command ended
 
 
 UP_STATES = frozenset({State.ACTIVE, State.RELOADING, State.EXITED})
-RUNNING_STATES = frozenset({State.STARTING, State.ACTIVE, State.RELOADING})
+RUNNING_STATES = frozenset({State.STARTING, State.START_POST, State.ACTIVE, State.RELOADING})
 DOWN_STATES = frozenset({State.INACTIVE, State.FAILED})
 
 _I = "ignore"
@@ -71,6 +75,18 @@ TRANSITIONS.update({
     (State.RELOADING, Event.RELOADING): "reloading_reloading",
     (State.RELOADING, Event.TIMEOUT): "reloading_timeout",
     (State.EXITED, Event.STOP): "exited_stop",
+    (State.START_PRE, Event.CONTROL_EXITED): "control_exited",
+    (State.START_PRE, Event.TIMEOUT): "control_timeout",
+    (State.START_PRE, Event.STOP): "start_pre_stop",
+    (State.START_POST, Event.CONTROL_EXITED): "control_exited",
+    (State.START_POST, Event.TIMEOUT): "control_timeout",
+    (State.START_POST, Event.STOP): "running_stop",
+    (State.START_POST, Event.EXITED): "running_exited",
+    (State.START_POST, Event.WATCHDOG): "running_watchdog",
+    (State.STOP_PRE, Event.CONTROL_EXITED): "control_exited",
+    (State.STOP_PRE, Event.TIMEOUT): "control_timeout",
+    (State.STOP_PRE, Event.EXITED): "stop_pre_exited",
+    (State.RELOADING, Event.CONTROL_EXITED): "control_exited",
     (State.STOPPING, Event.START): "stopping_start",
     (State.STOPPING, Event.EXITED): "stopping_exited",
     (State.STOPPING, Event.GROUP_EMPTY): "stopping_group_empty",

@@ -170,6 +170,7 @@ _SERVICE = (
     "restart", "restart_sec", "backoff", "start_limit", "timeouts", "stop_signal",
     "kill_mode", "depends_on", "notify_access", "watchdog_sec", "watchdog_signal",
     "reload_signal", "fd_store_max", "success_exit_status", "sockets",
+    "exec_start_pre", "exec_start_post", "exec_stop", "exec_reload",
 )
 _SOCKET = (
     "listen", "type", "name", "backlog", "reuse_port", "ipv6_only", "nodelay", "keepalive",
@@ -273,6 +274,11 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
         nodes = doc.seq(m["success_exit_status"][1], f"{p}.success_exit_status")
         kw["success_exit_status"] = tuple(
             doc.integer(n, f"{p}.success_exit_status[{i}]") for i, n in enumerate(nodes))
+    for key in ("exec_start_pre", "exec_start_post", "exec_stop", "exec_reload"):
+        # Lists of commands; a leading "-" on the program lets it fail, as in systemd.
+        if key in m:
+            nodes = doc.seq(m[key][1], f"{p}.{key}")
+            kw[key] = tuple(doc.argv(n, f"{p}.{key}[{i}]") for i, n in enumerate(nodes))
     if "sockets" in m:
         nodes = doc.seq(m["sockets"][1], f"{p}.sockets")
         kw["sockets"] = tuple(_socket(doc, n, f"{p}.sockets[{i}]", name)
