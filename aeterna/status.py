@@ -78,4 +78,19 @@ def render(reply: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
+    # Hot relay: every live generation and the relay's phase and last outcome.
+    for u in reply["units"]:
+        gens = u.get("generations") or []
+        relay = u.get("relay") or {}
+        last = relay.get("last")
+        if len(gens) > 1 or relay.get("phase", "idle") != "idle" or last:
+            lines.append(f"{u['name']}: relay {relay.get('phase', 'idle')}; generations: "
+                         + ", ".join(f"{g['generation']} pid {g['pid']} {g['role']}"
+                                     for g in gens))
+            if last:
+                phases = " ".join(f"{k}={v:.3f}s" for k, v in last["durations"].items())
+                why = f" ({last['phase']}: {last['reason']})" if last["reason"] else ""
+                lines.append(f"{u['name']}: last relay: {last['outcome']}{why} "
+                             f"generation {last['generation']} in {last['total']:.3f}s "
+                             f"[{phases}]")
     return "\n".join(lines)
