@@ -178,6 +178,7 @@ class Manager:
             if runtime.state in (State.STOPPING, State.KILLING):
                 runtime.check_group()
         self.relays.check_groups()
+        self.wake_waiters()  # someone may wait for a process group to empty
 
     def srp_for(self, runtime: UnitRuntime, unit: Unit) -> SrpUnit | None:
         """The unit's SRP state, created the first time a definition enables it."""

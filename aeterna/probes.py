@@ -9,23 +9,36 @@ interval timers they use never wake an idle manager.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
+from . import sockowner
 from .model import Canary, Probe, ProbeKind
 from .results import ExitInfo
 
 # Runs a command for an exec probe: (argv, timeout) -> ExitInfo, or None on timeout.
 ExecRunner = Callable[[tuple[str, ...], float], Awaitable[ExitInfo | None]]
+# The pid whose process tree must answer a tcp/http probe (the canary), or None.
+Target = Callable[[], int | None]
 
 
-async def check(probe: Probe, run_exec: ExecRunner) -> str | None:
-    """Run one probe once; None if healthy, else the reason."""
+class NotReached(Exception):
+    """No probe connection was accepted by the canary in time."""
+
+
+async def check(probe: Probe, run_exec: ExecRunner, target: Target | None = None) -> str | None:
+    """Run one probe once; None if healthy, else the reason.
+
+    With ``target``, a tcp/http probe is only judged on a connection that the
+    target's process tree accepted (see ``sockowner``); connections that the
+    other generation accepted are closed unused and retried.
+    """
     try:
         if probe.kind is ProbeKind.TCP:
-            return await asyncio.wait_for(_tcp(probe.target), probe.timeout)
+            return await asyncio.wait_for(_tcp(probe.target, target), probe.timeout)
         if probe.kind is ProbeKind.HTTP:
-            return await asyncio.wait_for(_http(probe.target, probe.expect_status),
+            return await asyncio.wait_for(_http(probe.target, probe.expect_status, target),
                                           probe.timeout)
         info = await run_exec(probe.command, probe.timeout)
         if info is None:
@@ -33,6 +46,8 @@ async def check(probe: Probe, run_exec: ExecRunner) -> str | None:
         if info.code != 0:
             return f"exec {info}"
         return None
+    except NotReached:
+        return f"{probe.kind.value}: no connection reached the canary in {probe.timeout}s"
     except TimeoutError:
         return f"{probe.kind.value} timed out after {probe.timeout}s"
     except OSError as exc:
@@ -44,9 +59,39 @@ def _split_hostport(target: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-async def _tcp(target: str) -> str | None:
-    host, port = _split_hostport(target)
-    _reader, writer = await asyncio.open_connection(host, port)
+async def _connect(host: str, port: int, target: Target | None,
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to host:port that the target's process tree accepted."""
+    while True:
+        reader, writer = await asyncio.open_connection(host, port)
+        if target is None:
+            return reader, writer
+        pid = target()
+        sock = writer.get_extra_info("socket")
+        if pid is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return reader, writer
+        owner = await _accepted_by(sock, pid)
+        if owner:
+            return reader, writer
+        # The other generation took it: hand it back untouched and try again.
+        writer.close()
+        await asyncio.sleep(0.01)
+
+
+async def _accepted_by(sock: socket.socket, pid: int) -> bool:
+    """Wait (the caller's timeout bounds it) until someone accepted; is it pid's tree?"""
+    delay = 0.001
+    while True:
+        inode = sockowner.server_inode(sock)
+        if inode is not None:
+            return bool(sockowner.holders(inode, sockowner.tree(pid)))
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.02)
+
+
+async def _tcp(target_addr: str, target: Target | None) -> str | None:
+    host, port = _split_hostport(target_addr)
+    _reader, writer = await _connect(host, port, target)
     writer.close()
     try:
         await writer.wait_closed()
@@ -55,14 +100,14 @@ async def _tcp(target: str) -> str | None:
     return None
 
 
-async def _http(url: str, expect: int) -> str | None:
+async def _http(url: str, expect: int, target: Target | None) -> str | None:
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or 80
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await _connect(host, port, target)
     try:
         writer.write(f"GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: aeterna-probe\r\n"
                      "Connection: close\r\n\r\n".encode())

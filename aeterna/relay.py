@@ -179,7 +179,8 @@ class Relay:
                     await srp.rollback(self)
                 await self._stop_canary()
             self._enter(Phase.DONE)
-            outcome = Outcome("rolled-back" if self.generation else "aborted", self.name,
+            # Whatever phase failed, N keeps serving: the relay is rolled back.
+            outcome = Outcome("rolled-back", self.name,
                               self.generation, phase=failed_phase.value, reason=exc.reason.value,
                               detail=exc.detail, old_pid=old_pid, new_pid=None)
             hooks = self.runtime.unit.orchestration.on_failure
@@ -262,13 +263,13 @@ class Relay:
         if canary.enabled and canary.probes:
             # One last round: a canary is promoted only on a passing probe.
             for probe in canary.probes:
-                reason = await check(probe, self._exec_probe)
+                reason = await check(probe, self._exec_probe, self._probe_target)
                 if reason is not None:
                     raise RelayFailed(Reason.PROBE_FAILED, reason)
 
     async def _probe_loop(self, probe: Any) -> None:
         while True:
-            reason = await check(probe, self._exec_probe)
+            reason = await check(probe, self._exec_probe, self._probe_target)
             if reason is not None:
                 self.fail(RelayFailed(Reason.PROBE_FAILED, reason))
                 return
@@ -282,6 +283,10 @@ class Relay:
                 return
             await asyncio.sleep(0.25)
 
+    def _probe_target(self) -> int | None:
+        """Probes judge the canary: only its process tree's answers count."""
+        return self.main_pid
+
     async def _exec_probe(self, argv: tuple[str, ...], timeout: float) -> ExitInfo | None:
         return await self.m.run_helper(self.runtime, argv, timeout, "probe")
 
@@ -290,23 +295,28 @@ class Relay:
             self._failed.set_result(failure)
 
     async def _stop_canary(self) -> None:
-        """Stop N+1: its stop signal, then SIGKILL after its stop timeout."""
-        assert self._exited is not None
+        """Stop N+1's whole process group: its stop signal, SIGKILL after its stop timeout.
+
+        The group matters even when N+1's main process is already gone: the
+        orphaned workers of a crashed arbiter may still be serving requests from
+        the shared queue, and they get the same graceful signal first.
+        """
+        pgid = self.pgid
+        if pgid is None:
+            return
         svc = self.unit.service
-        if not self._exited.done() and self.pgid is not None:
-            pid1.kill_group(self.pgid, svc.stop_signal)
-            pid1.kill_group(self.pgid, signal.SIGCONT)
-            try:
-                await asyncio.wait_for(asyncio.shield(self._exited), svc.timeouts.stop)
-            except TimeoutError:
-                pid1.kill_group(self.pgid, signal.SIGKILL)
-                try:
-                    await asyncio.wait_for(asyncio.shield(self._exited), 5.0)
-                except TimeoutError:
+        def gone() -> bool:
+            return not pid1.kill_group(pgid, 0) and (self._exited is None
+                                                     or self._exited.done())
+
+        if not gone():
+            pid1.kill_group(pgid, svc.stop_signal)
+            pid1.kill_group(pgid, signal.SIGCONT)
+            if not await self.m.wait_for(gone, svc.timeouts.stop):
+                pid1.kill_group(pgid, signal.SIGKILL)
+                if not await self.m.wait_for(gone, 5.0):
                     self.m.log.warning("relay.canary-abandoned", unit=self.name,
                                        pid=self.main_pid)
-        if self.pgid is not None:
-            pid1.kill_group(self.pgid, signal.SIGKILL)  # leftovers of its group
         self.main_pid = None
 
     # ------------------------------------------------------ canary events
