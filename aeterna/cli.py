@@ -1,3 +1,4 @@
+# ruff: noqa: E402  (ssl must be blocked before asyncio is imported)
 """The ``aeterna`` command: ``start`` runs the manager; the other verbs are clients.
 
 Exit statuses: 0 done, 1 the action failed, 2 bad unit files or usage, 3 no
@@ -7,10 +8,14 @@ manager answering. ``start`` exits with the status of its units (see
 
 from __future__ import annotations
 
+import sys
+
+# Aeterna never speaks TLS, but asyncio imports ssl (4 MiB of libssl and
+# libcrypto) if it can: keep the manager small by making it unavailable.
+sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
 import argparse
 import asyncio
-import json
-import sys
 from typing import Any
 
 from . import __version__
@@ -112,6 +117,8 @@ def _client(args: argparse.Namespace) -> int:
     if not reply.get("ok"):
         print(f"aeterna: {reply.get('error', 'failed')}", file=sys.stderr)
         return EXIT_FAILED
+    import json
+
     result = reply["result"]
     if args.verb == "status":
         if args.json:

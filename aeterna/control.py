@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import struct
@@ -87,6 +86,8 @@ class ControlServer:
             os.unlink(self.path)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import json  # on first use: an idle manager does not carry it
+
         try:
             sock = writer.get_extra_info("socket")
             uid = peer_uid(sock)
@@ -239,6 +240,8 @@ def _someone_listening(path: str) -> bool:
 
 
 async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    import json
+
     writer.write(json.dumps(obj).encode() + b"\n")
     await writer.drain()
 
@@ -246,6 +249,8 @@ async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
 def request(path: str, verb: str, unit: str | None = None, timeout: float | None = None,
             **extra: Any) -> dict[str, Any]:
     """Client side: send one request, return the reply object (blocking)."""
+    import json
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)

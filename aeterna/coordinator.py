@@ -16,11 +16,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import pid1
-from .relay import Outcome, Relay
 
 if TYPE_CHECKING:
     from .manager import Manager
     from .model import Unit
+    from .relay import Outcome, Relay
 
 
 @dataclass
@@ -60,6 +60,8 @@ class Coordinator:
                 fut = self.follow_up[name] = loop.create_future()
                 self.m.log.info("relay.merged", unit=name, into="follow-up")
             return fut
+        from .relay import Relay
+
         runtime = self.m.units[name]
         relay = Relay(self.m, runtime, unit or runtime.unit)
         self.current[name] = relay
@@ -81,6 +83,8 @@ class Coordinator:
         if follow is not None and not self.m.shutting_down:
             unit = self.m.reread_unit(relay.name)
             if unit is None:
+                from .relay import Outcome
+
                 follow.set_result(Outcome("aborted", relay.name, 0, phase="pre-flight",
                                           reason="invalid-config",
                                           detail="the unit file no longer validates"))
@@ -88,6 +92,8 @@ class Coordinator:
             nxt = self.request(relay.name, unit)
             nxt.add_done_callback(lambda f: _settle(follow, f.result()))
         elif follow is not None:
+            from .relay import Outcome
+
             follow.set_result(Outcome("aborted", relay.name, 0, reason="shutting-down"))
 
     def changed(self, relay: Relay) -> None:

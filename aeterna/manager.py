@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import environment, pid1, reloading
 from .coordinator import Coordinator
@@ -23,11 +23,14 @@ from .log import Log
 from .model import Unit
 from .notify_endpoint import NotifyEndpoint
 from .output import LineRelay, make_pipe
-from .relay import Relay
 from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result
 from .sockets import SocketError, bind_listeners, remove_listener
 from .spawn import SpawnError, SpawnRequest, spawn
-from .srp import SrpUnit
+
+if TYPE_CHECKING:
+    from .relay import Relay
+    from .srp import SrpUnit
+
 from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
 
 # Variables that describe *our* activation and must never leak to a child.
@@ -88,6 +91,7 @@ class Manager:
             await self._control.start()
         self.log.info("manager.started", pid=os.getpid(), units=len(self.units),
                       control=self.control_path)
+        pid1.trim_memory()  # loading and parsing left freed pages behind
         for name in self.order:
             if self.units[name].state is State.INACTIVE:
                 self.units[name].dispatch(Event.START)
@@ -185,6 +189,7 @@ class Manager:
         if not unit.orchestration.state_handoff.enabled:
             return self.srp.get(runtime.name)
         if runtime.name not in self.srp:
+
             self.srp[runtime.name] = SrpUnit(self, runtime)
         return self.srp[runtime.name]
 

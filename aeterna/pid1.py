@@ -9,7 +9,6 @@ loop and are simply counted.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import signal
 
@@ -49,9 +48,10 @@ def set_subreaper() -> bool:
     Without this, the orphans of a daemonizing child go to the real PID 1 and
     we could neither reap nor account for them.
     """
-    libc_name = ctypes.util.find_library("c") or "libc.so.6"
     try:
-        libc = ctypes.CDLL(libc_name, use_errno=True)
+        # CDLL(None) is the running program with libc's symbols; ctypes.util's
+        # find_library would pull in subprocess, shutil and tempfile for nothing.
+        libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):  # pragma: no cover - non-Linux
         return False
@@ -74,3 +74,11 @@ def kill_pid(pid: int, sig: int) -> bool:
         return True
     except (ProcessLookupError, PermissionError):
         return False
+
+
+def trim_memory() -> None:
+    """Give freed heap pages back to the kernel (glibc's malloc_trim); best effort."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - not glibc
+        pass

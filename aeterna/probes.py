@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
-from urllib.parse import urlsplit
 
 from . import sockowner
 from .model import Canary, Probe, ProbeKind
@@ -101,6 +100,8 @@ async def _tcp(target_addr: str, target: Target | None) -> str | None:
 
 
 async def _http(url: str, expect: int, target: Target | None) -> str | None:
+    from urllib.parse import urlsplit
+
     parts = urlsplit(url)
     host = parts.hostname or "127.0.0.1"
     port = parts.port or 80

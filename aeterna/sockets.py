@@ -23,7 +23,6 @@ from __future__ import annotations
 import errno as _errno
 import fcntl
 import grp
-import ipaddress
 import os
 import pwd
 import re
@@ -143,6 +142,8 @@ def _parse_inet(text: str) -> Address:
         return Address(socket.AF_INET6, ("::", port, 0, 0), f"[::]:{port}", dual_stack=True)
     if m := _IPV4_RE.fullmatch(text):
         try:
+            import ipaddress
+
             host4 = ipaddress.IPv4Address(m[1])
         except ValueError as e:
             raise ValueError(f"invalid IPv4 address in {text!r}: {e}") from None
@@ -157,6 +158,8 @@ def _parse_inet(text: str) -> Address:
         if pct and not scope:
             raise ValueError(f"empty interface name after '%' in {text!r}")
         try:
+            import ipaddress
+
             host6 = ipaddress.IPv6Address(host)
         except ValueError as e:
             raise ValueError(f"invalid IPv6 address in {text!r}: {e}") from None

@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno as errno_mod
 import fcntl
 import os
-import shutil
 import signal
 from dataclasses import dataclass, field
 
@@ -70,11 +69,15 @@ def resolve(argv0: str, env: dict[str, str], cwd: str) -> str:
         if not os.path.exists(path):
             raise SpawnError("exec", errno_mod.ENOENT, argv0)
         return path
-    search = env.get("PATH", os.defpath)
-    found = shutil.which(argv0, path=search)
-    if found is None:
-        raise SpawnError("exec", errno_mod.ENOENT, argv0)
-    return found
+    # execvp's search, without importing shutil (and with it bz2, lzma...).
+    denied = False
+    for directory in env.get("PATH", os.defpath).split(os.pathsep):
+        candidate = os.path.join(directory or ".", argv0)
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            denied = True
+    raise SpawnError("exec", errno_mod.EACCES if denied else errno_mod.ENOENT, argv0)
 
 
 def spawn(req: SpawnRequest) -> int:

@@ -9,7 +9,6 @@ error can name the line of the offending key or value. YAML 1.1 would read
 
 from __future__ import annotations
 
-import difflib
 import re
 import signal
 from collections.abc import Callable
@@ -69,6 +68,8 @@ class _Doc:
             if not isinstance(knode, yaml.ScalarNode):
                 raise self.error(knode, path or "(top level)", "a plain key")
             if key not in allowed:
+                import difflib
+
                 close = difflib.get_close_matches(key, allowed, n=1)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise UnitError(self.file, knode.start_mark.line + 1, kpath,
