@@ -64,7 +64,7 @@ class FdStore:
             os.close(fd)
             return "full"
         os.set_inheritable(fd, False)
-        self.entries.append(Entry(fd, name or "stored", poll))
+        self.entries.append(Entry(fd, name, poll))
         if poll:
             try:
                 self._ep().register(fd, 0)

@@ -196,6 +196,34 @@ class Manager:
     def notify_targets(self) -> list[Any]:
         return [*self.relays.current.values(), *self.units.values()]
 
+    def watch_foreign(self, runtime: UnitRuntime, pid: int) -> None:
+        """MAINPID= named a process whose parent is not us: notice its exit by pidfd.
+
+        systemd cannot always tell either; it finishes such a service when its
+        cgroup empties. A pidfd gets readable when the process exits, whoever
+        its parent is; we then treat the exit as clean (its status is not ours).
+        """
+        if _parent_of(pid) == os.getpid():
+            return  # our child (an adopted orphan): the reaper reports it
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            return
+        assert self.loop is not None
+        loop = self.loop
+
+        def exited() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            if runtime.main_pid == pid:
+                self.log.info("unit.mainpid-exited", unit=runtime.name, pid=pid,
+                              how="not our child; status unknown")
+                runtime.dispatch(Event.EXITED, info=ExitInfo(code=0))
+                if runtime.state in (State.STOPPING, State.KILLING):
+                    runtime.check_group()
+
+        loop.add_reader(fd, exited)
+
     def watch(self, pid: int, callback: Callable[[ExitInfo], None]) -> None:
         self.watched[pid] = callback
 
@@ -490,6 +518,14 @@ class Manager:
             return True
         except TimeoutError:
             return False
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _errno_name(err: int) -> str:

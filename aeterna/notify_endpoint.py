@@ -125,8 +125,11 @@ class NotifyEndpoint:
             close_fds(fds)
             return
         for fd in fds:
-            outcome = r.fdstore.add(fd, msg.fdname or "stored", msg.fdpoll)
-            self.log.info("fdstore.add", unit=r.name, name=msg.fdname or "stored",
+            # systemd names a stored fd "stored" only when FDNAME= is missing;
+            # an empty FDNAME= stays empty.
+            name = "stored" if msg.fdname is None else msg.fdname
+            outcome = r.fdstore.add(fd, name, msg.fdpoll)
+            self.log.info("fdstore.add", unit=r.name, name=name,
                           outcome=outcome)
         fds.clear()
 

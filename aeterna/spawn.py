@@ -108,12 +108,6 @@ def spawn(req: SpawnRequest) -> int:
     signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
     os.close(wfd)
     try:
-        # The child also calls setpgid; doing it here too closes the race where
-        # we signal the group before the child got to it.
-        os.setpgid(pid, pid)
-    except OSError:
-        pass
-    try:
         data = b""
         while True:
             chunk = os.read(rfd, 512)
@@ -144,8 +138,11 @@ def _child(req: SpawnRequest, program: str, argv: list[str],
             except (OSError, ValueError):
                 pass
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
-        stage = "setpgid"
-        os.setpgid(0, 0)
+        # A session of its own, as systemd does: the child's process group is
+        # then closed to everyone else (setpgid() across sessions is EPERM), so no
+        # other process can join it to speak for the unit or catch its signals.
+        stage = "setsid"
+        os.setsid()
         # Move every source fd above the highest target first, so that no dup2
         # below overwrites a source that is still to be moved.
         n = len(req.pass_fds)

@@ -169,4 +169,7 @@ class NotifyDriven:
         if self.state in RUNNING_STATES and pid != self.main_pid:
             self.host.info("unit.mainpid", unit=self.name, old=self.main_pid, new=pid)
             self.main_pid = pid
+            # A main process that is not our child never reaches our reaper:
+            # the host watches it with a pidfd instead.
+            self.host.watch_foreign(self, pid)  # type: ignore[arg-type]
 

@@ -140,8 +140,11 @@ class Aeterna:
         """Poll the status (bounded) until ``pred(status)`` holds."""
         deadline = time.monotonic() + timeout
         while True:
-            st = self.status(unit)
-            if pred(st):
+            try:
+                st = self.status(unit)
+            except (FileNotFoundError, ConnectionRefusedError):
+                st = {}  # the manager has not opened its control socket yet
+            if st and pred(st):
                 return st
             if time.monotonic() > deadline:
                 raise AssertionError(f"status of {unit} never matched: {st}\n" + self.output())
