@@ -112,7 +112,7 @@ test: sysdeps lint
 	exit $$rc
 
 bench: sysdeps $(STAMP_TEST)
-	@shopt -s nullglob; for f in bench/*.py; do \
+	@shopt -s nullglob; for f in bench/[!_]*.py; do \
 	    echo "== $$f"; \
 	    $(VPY) "$$f"; \
 	done
