@@ -184,13 +184,19 @@ class Manager:
         self.relays.check_groups()
         self.wake_waiters()  # someone may wait for a process group to empty
 
+    def _shares_listeners(self, runtime: UnitRuntime) -> bool:
+        """Is another generation of this unit alive (and so using its listeners)?"""
+        return (runtime.main_pid is not None or runtime.name in self.relays.current
+                or self.relays.draining_count(runtime.name) > 0)
+
     def srp_for(self, runtime: UnitRuntime, unit: Unit) -> SrpUnit | None:
         """The unit's SRP state, created the first time a definition enables it."""
         if not unit.orchestration.state_handoff.enabled:
             return self.srp.get(runtime.name)
         if runtime.name not in self.srp:
+            from . import srp as srp_module  # loaded only by units that use SRP
 
-            self.srp[runtime.name] = SrpUnit(self, runtime)
+            self.srp[runtime.name] = srp_module.SrpUnit(self, runtime)
         return self.srp[runtime.name]
 
     def notify_targets(self) -> list[Any]:
@@ -367,6 +373,11 @@ class Manager:
             req = environment.with_(req, argv=argv, pass_fds=(), blocking_fds=frozenset(),
                                     pid_env=(), argv0=argv0, env=env)
         else:
+            if self._shares_listeners(runtime):
+                # O_NONBLOCK lives on the open file description, which a running
+                # generation shares: clearing it under an app that accepts until
+                # EAGAIN (asyncio, Go, nginx) would block that app in accept().
+                req = environment.with_(req, blocking_fds=frozenset())
             srp = self.srp_for(runtime, unit)
             if srp is not None and unit.orchestration.state_handoff.enabled:
                 # The SRP end goes right after the LISTEN_FDS range (docs/srp.md §2).
@@ -375,6 +386,8 @@ class Manager:
                 env = dict(req.env, AETERNA_SRP_FD=str(target))
                 if unit.orchestration.state_handoff.socket_path:
                     env["AETERNA_SRP_SOCKET"] = unit.orchestration.state_handoff.socket_path
+                if unit.orchestration.state_handoff.required:
+                    env["AETERNA_SRP_REQUIRED"] = "1"
                 req = environment.with_(req, extra_fd=(srp_child, target), env=env)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()

@@ -122,7 +122,8 @@ class Relay:
         self.errno: int | None = None
         self.notified_exit_status: int | None = None
         self.handoff = ""  # SRP outcome, set by srp.SrpUnit.handoff
-        self.handoff_checkpointed = False  # N gave its state and stopped taking work
+        self.handoff_checkpointed = False  # N was asked for its state (may stop taking work)
+        self.handoff_fresh = False  # a checkpoint of this relay is what the manager keeps
 
     @property
     def name(self) -> str:

@@ -74,10 +74,13 @@ class SrpUnit:
         self.latest: Checkpoint | None = None
         self._seq = 0
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._relay_settings: Any = None  # during a relay: N+1's definition decides
         self.load_persisted()
 
     @property
     def settings(self) -> Any:
+        if self._relay_settings is not None:
+            return self._relay_settings
         return self.runtime.unit.orchestration.state_handoff
 
     # ------------------------------------------------------------ channels
@@ -143,6 +146,13 @@ class SrpUnit:
                 self._spawn_task(self._want_state(chan.generation))
             return
         if msg.verb == "STATE" and msg.ok and seq is None:
+            if chan.generation != self.runtime.generation:
+                # A canary being rolled back, or a draining N, must not overwrite
+                # the serving generation's checkpoint.
+                close_all(fds)
+                self.m.log.info("srp.push-ignored", unit=self.runtime.name,
+                                generation=chan.generation, reason="not the serving generation")
+                return
             self._keep(msg, fds, chan.generation, "push")
             return
         close_all(fds)
@@ -241,22 +251,27 @@ class SrpUnit:
 
     async def handoff(self, relay: Relay) -> None:
         """docs/srp.md §5: N checkpoints, the manager checks, N+1 loads."""
+        self._relay_settings = relay.unit.orchestration.state_handoff
         serving = self.runtime.generation
         reason: str | None = None
         if serving in self.channels and self.runtime.main_pid is not None:
+            # From here on N may have stopped taking work, whatever its answer:
+            # a rollback must tell it to resume.
+            relay.handoff_checkpointed = True
             reason = await self.checkpoint(serving, "relay")
-            if reason is None:
-                relay.handoff_checkpointed = True
+            relay.handoff_fresh = reason is None
         if reason is None:
             reason = await self.give(relay.generation)
             if reason == "none" and not relay.handoff_checkpointed:
                 reason = None  # nothing to hand over is not a failure
         relay.handoff = reason or "ok"
+        required = self.settings.required
+        self._relay_settings = None
         self.m.log.info("srp.handoff", unit=self.runtime.name, generation=relay.generation,
                         outcome=relay.handoff)
         if reason is None:
             return
-        if self.settings.required:
+        if required:
             from .relay import Reason, RelayFailed
 
             relay.fail(RelayFailed(Reason.HANDOFF, reason))
@@ -264,16 +279,37 @@ class SrpUnit:
             self.refuse(relay.generation, reason)
 
     async def rollback(self, relay: Relay) -> None:
-        """Give N back the newest state (N+1's, if it can still checkpoint) to resume."""
+        """N was asked to checkpoint, so it may have stopped taking work: resume it.
+
+        With the newest state (N+1's, if it loaded N's and can still checkpoint;
+        else the one N gave). If no state of this relay was kept (N's answer was
+        late or rejected), N is told to keep its own: ``RESUME=1`` without fds.
+        """
         if not relay.handoff_checkpointed:
             return
-        if relay.handoff == "ok" and relay.generation in self.channels:
-            why = await self.checkpoint(relay.generation, "rollback")
-            self.m.log.info("srp.rollback-checkpoint", unit=self.runtime.name,
-                            generation=relay.generation, outcome=why or "ok")
-        outcome = await self.give(self.runtime.generation, verb="RESUME")
-        self.m.log.info("srp.resume", unit=self.runtime.name,
-                        generation=self.runtime.generation, outcome=outcome or "loaded")
+        self._relay_settings = relay.unit.orchestration.state_handoff
+        try:
+            if relay.handoff == "ok" and relay.generation in self.channels:
+                why = await self.checkpoint(relay.generation, "rollback")
+                relay.handoff_fresh = relay.handoff_fresh or why is None
+                self.m.log.info("srp.rollback-checkpoint", unit=self.runtime.name,
+                                generation=relay.generation, outcome=why or "ok")
+            serving = self.runtime.generation
+            if relay.handoff_fresh and self.latest is not None:
+                outcome = await self.give(serving, verb="RESUME")
+            else:
+                # No fds: "keep the state you have and take work again".
+                reply = await self._request(serving, "RESUME", "LOADED",
+                                            REASON=relay.handoff or "rollback")
+                if isinstance(reply, str):
+                    outcome = reply
+                else:
+                    close_all(reply[1])
+                    outcome = "keep-own-state"
+            self.m.log.info("srp.resume", unit=self.runtime.name, generation=serving,
+                            outcome=outcome or "loaded")
+        finally:
+            self._relay_settings = None
 
     # --------------------------------------------------------- persistence
     def _persist_path(self) -> str:
