@@ -20,7 +20,7 @@ from .coordinator import Coordinator
 from .loader import LoadResult, load_paths, start_order
 from .loader.errors import UnitErrors
 from .log import Log
-from .model import Unit
+from .model import ServiceType, Unit
 from .notify_endpoint import NotifyEndpoint
 from .output import LineRelay, make_pipe
 from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result
@@ -71,6 +71,7 @@ class Manager:
         """Start every unit, serve until all have stopped, return the exit status."""
         self.loop = asyncio.get_running_loop()
         self._done = self.loop.create_future()
+        _no_inherited_fds()
         if not pid1.is_pid1():
             pid1.set_subreaper()
         loop = self.loop
@@ -393,7 +394,7 @@ class Manager:
         err_r, err_w = make_pipe()
         try:
             req = environment.with_(req, stdout=out_w, stderr=err_w)
-            pid = spawn(req)
+            pid = spawn(req, exact_exec=argv is None and unit.service.type is ServiceType.EXEC)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -531,6 +532,22 @@ class Manager:
             return True
         except TimeoutError:
             return False
+
+
+def _no_inherited_fds() -> None:
+    """Mark every fd we were started with (above stdio) close-on-exec.
+
+    The fast spawn path relies on "every fd of the manager is CLOEXEC" instead
+    of closing all fds in the child; fds inherited from whoever started us are
+    the only ones Python did not create that way.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the fd of the listdir itself, closed meanwhile
 
 
 def _parent_of(pid: int) -> int | None:
