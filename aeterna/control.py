@@ -60,6 +60,7 @@ class ControlServer:
         self.path = path
         self.server: asyncio.AbstractServer | None = None
         self.allowed = {0, os.geteuid()}
+        self._clients: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path)
@@ -80,6 +81,12 @@ class ControlServer:
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
+            # Requests still being served (a `stop` waiting for the end, say) are
+            # cancelled and awaited, so the loop never closes on a pending task.
+            for task in list(self._clients):
+                task.cancel()
+            if self._clients:
+                await asyncio.gather(*self._clients, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self.server.wait_closed()
         with contextlib.suppress(OSError):
@@ -88,6 +95,10 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         import json  # on first use: an idle manager does not carry it
 
+        task = asyncio.current_task()
+        if task is not None:
+            self._clients.add(task)
+            task.add_done_callback(self._clients.discard)
         try:
             sock = writer.get_extra_info("socket")
             uid = peer_uid(sock)
