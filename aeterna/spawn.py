@@ -16,6 +16,11 @@ import os
 import signal
 from dataclasses import dataclass, field
 
+try:  # optional C extension (setup.py): vfork with LISTEN_PID, see _fastspawn.c
+    from . import _fastspawn
+except ImportError:  # pragma: no cover - built without a C compiler
+    _fastspawn = None  # type: ignore[assignment]
+
 # Signals whose disposition Python changes (SIGPIPE, SIGXFSZ are ignored by the
 # interpreter; the rest get handlers from asyncio). exec() resets handled signals
 # but keeps ignored ones ignored, so every one is put back to SIG_DFL in the child.
@@ -102,10 +107,62 @@ def spawn(req: SpawnRequest, exact_exec: bool = False) -> int:
     (``Type=exec``): those fork and run a little Python before exec.
     """
     program = resolve(req.argv[0], req.env, req.cwd)
-    if (not exact_exec and req.uid is None and req.gid is None and req.groups is None
-            and not req.argv0 and os.path.exists(SHELL)):
+    switches_user = req.uid is not None or req.gid is not None or req.groups is not None
+    if _fastspawn is not None and not switches_user:
+        return _vfork_spawn(req, program)
+    if (not exact_exec and not switches_user and not req.argv0 and os.path.exists(SHELL)):
         return _posix_spawn(req, program)
     return _fork_exec(req, program)
+
+
+def _high_copies(req: SpawnRequest, temps: list[int]) -> list[tuple[int, int]]:
+    """(source, target) pairs for stdio, pass_fds and extra_fd, every source a
+    close-on-exec copy above the highest target (appended to ``temps``), so that
+    applying the dup2s in order never overwrites a source still to be moved."""
+    n = len(req.pass_fds)
+    floor = max(3 + n, req.extra_fd[1] + 1 if req.extra_fd else 0)
+
+    def high(fd: int) -> int:
+        temps.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor))
+        return temps[-1]
+
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    temps.append(devnull)
+    pairs = [(high(devnull), 0)]
+    if req.stdout is not None:
+        pairs.append((high(req.stdout), 1))
+    if req.stderr is not None:
+        pairs.append((high(req.stderr), 2))
+    for i, fd in enumerate(req.pass_fds):
+        if fd in req.blocking_fds:
+            # O_NONBLOCK is on the shared open file description: clearing it
+            # here is what the child would see anyway (systemd's NonBlocking=no).
+            os.set_blocking(fd, True)
+        pairs.append((high(fd), 3 + i))
+    if req.extra_fd is not None:
+        pairs.append((high(req.extra_fd[0]), req.extra_fd[1]))
+    return pairs
+
+
+def _vfork_spawn(req: SpawnRequest, program: str) -> int:
+    """The C extension's vfork: no copy of the manager, LISTEN_PID set by the child."""
+    assert _fastspawn is not None
+    argv = [os.fsencode(a) for a in ((req.argv0 or program), *req.argv[1:])]
+    env = [os.fsencode(f"{k}={v}") for k, v in req.env.items() if k not in req.pid_env]
+    temps: list[int] = []
+    try:
+        pairs = _high_copies(req, temps)
+        try:
+            return int(_fastspawn.spawn(os.fsencode(program), argv, env,
+                                        [os.fsencode(n) for n in req.pid_env], pairs,
+                                        os.fsencode(req.cwd) if req.cwd else None))
+        except OSError as exc:
+            stage = exc.strerror if exc.strerror in ("chdir", "exec") else "exec"
+            raise SpawnError(stage, exc.errno or errno_mod.EIO,
+                             req.cwd if stage == "chdir" else program) from None
+    finally:
+        for fd in temps:
+            os.close(fd)
 
 
 def _posix_spawn(req: SpawnRequest, program: str) -> int:
@@ -115,33 +172,9 @@ def _posix_spawn(req: SpawnRequest, program: str) -> int:
     if req.pid_env or req.cwd:
         exports = "".join(f"export {name}=$$; " for name in req.pid_env)
         argv = [SHELL, "-c", _SHIM.format(exports=exports), program, req.cwd, *req.argv[1:]]
-    # Every source goes above the highest target first (dup with CLOEXEC), so
-    # that the dup2 actions, applied in order in the child, never overwrite a
-    # source still to be moved; the temporary copies vanish at exec.
-    n = len(req.pass_fds)
-    floor = max(3 + n, req.extra_fd[1] + 1 if req.extra_fd else 0)
     temps: list[int] = []
-
-    def high(fd: int) -> int:
-        temps.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor))
-        return temps[-1]
-
     try:
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        temps.append(devnull)
-        actions = [(os.POSIX_SPAWN_DUP2, high(devnull), 0)]
-        if req.stdout is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, high(req.stdout), 1))
-        if req.stderr is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, high(req.stderr), 2))
-        for i, fd in enumerate(req.pass_fds):
-            if fd in req.blocking_fds:
-                # O_NONBLOCK is on the shared open file description: clearing it
-                # here is what the child would see anyway (systemd's NonBlocking=no).
-                os.set_blocking(fd, True)
-            actions.append((os.POSIX_SPAWN_DUP2, high(fd), 3 + i))
-        if req.extra_fd is not None:
-            actions.append((os.POSIX_SPAWN_DUP2, high(req.extra_fd[0]), req.extra_fd[1]))
+        actions = [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in _high_copies(req, temps)]
         try:
             return os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True,
                                   setsigmask=(), setsigdef=_CATCHABLE)

@@ -1,0 +1,202 @@
+/*
+ * aeterna._fastspawn: start a process with vfork() and write its own pid into
+ * LISTEN_PID / WATCHDOG_PID between vfork and exec.
+ *
+ * Why: forking the (20 MiB, Python) manager copies its page tables and tears
+ * them down again at exec, about 3 ms per start; posix_spawn() avoids that but
+ * cannot put the child's pid in its environment, which socket activation
+ * requires (sd_listen_fds() checks LISTEN_PID == getpid()). vfork() shares the
+ * parent's memory until exec, so the child costs nothing to create and can
+ * still write its pid into a buffer of its own stack before execve().
+ *
+ * The module is optional: aeterna.spawn falls back to posix_spawn plus a
+ * /bin/sh shim when it was not built. Everything the child does between vfork
+ * and exec is async-signal-safe and touches no Python object.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+/* Write "NAME=<pid>" into buf (at least 64 bytes); no stdio after vfork. */
+static void pid_assignment(char *buf, const char *name, pid_t pid)
+{
+    size_t n = strlen(name);
+    char digits[16];
+    int k = 0;
+    if (n > 40)
+        n = 40;
+    memcpy(buf, name, n);
+    buf[n++] = '=';
+    do {
+        digits[k++] = (char)('0' + pid % 10);
+        pid /= 10;
+    } while (pid > 0 && k < 15);
+    while (k > 0)
+        buf[n++] = digits[--k];
+    buf[n] = '\0';
+}
+
+static char **to_cstrings(PyObject *seq, Py_ssize_t extra)
+{
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    char **out = PyMem_Calloc((size_t)(n + extra + 1), sizeof(char *));
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "expected bytes");
+            PyMem_Free(out);
+            return NULL;
+        }
+        out[i] = PyBytes_AS_STRING(item);
+    }
+    return out;
+}
+
+/*
+ * spawn(path, argv, envp, pid_names, fd_pairs, cwd) -> pid
+ *   path: bytes; argv, envp: lists of bytes; pid_names: list of bytes (e.g.
+ *   b"LISTEN_PID") whose value is the child's pid; fd_pairs: list of (src, dst)
+ *   applied with dup2 in order (sources must not collide with targets);
+ *   cwd: bytes or None. The child gets its own session, an empty signal mask
+ *   and default dispositions. Raises OSError (with the errno of the step that
+ *   failed: chdir or exec) if the program could not be started.
+ */
+static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
+{
+    (void)self;
+    const char *path;
+    PyObject *argv_obj, *envp_obj, *names_obj, *pairs_obj, *cwd_obj;
+    if (!PyArg_ParseTuple(args, "yOOOOO", &path, &argv_obj, &envp_obj, &names_obj,
+                          &pairs_obj, &cwd_obj))
+        return NULL;
+
+    PyObject *argv_seq = PySequence_Fast(argv_obj, "argv must be a sequence");
+    PyObject *envp_seq = PySequence_Fast(envp_obj, "envp must be a sequence");
+    PyObject *names_seq = PySequence_Fast(names_obj, "pid_names must be a sequence");
+    PyObject *pairs_seq = PySequence_Fast(pairs_obj, "fd_pairs must be a sequence");
+    char **argv = NULL, **envp = NULL, **names = NULL;
+    int *fds = NULL;
+    PyObject *result = NULL;
+    const char *cwd = NULL;
+    if (!argv_seq || !envp_seq || !names_seq || !pairs_seq)
+        goto done;
+    if (cwd_obj != Py_None) {
+        if (!PyBytes_Check(cwd_obj)) {
+            PyErr_SetString(PyExc_TypeError, "cwd must be bytes or None");
+            goto done;
+        }
+        cwd = PyBytes_AS_STRING(cwd_obj);
+    }
+    Py_ssize_t n_names = PySequence_Fast_GET_SIZE(names_seq);
+    Py_ssize_t n_env = PySequence_Fast_GET_SIZE(envp_seq);
+    Py_ssize_t n_pairs = PySequence_Fast_GET_SIZE(pairs_seq);
+    if (n_names > 4) {
+        PyErr_SetString(PyExc_ValueError, "at most 4 pid variables");
+        goto done;
+    }
+    argv = to_cstrings(argv_seq, 0);
+    envp = to_cstrings(envp_seq, n_names);
+    names = to_cstrings(names_seq, 0);
+    fds = PyMem_Calloc((size_t)(2 * n_pairs + 1), sizeof(int));
+    if (!argv || !envp || !names || !fds)
+        goto done;
+    for (Py_ssize_t i = 0; i < n_pairs; i++) {
+        PyObject *pair = PySequence_Fast_GET_ITEM(pairs_seq, i);
+        if (!PyArg_ParseTuple(pair, "ii", &fds[2 * i], &fds[2 * i + 1]))
+            goto done;
+    }
+
+    /* Block every signal across vfork: the child shares our memory until exec,
+     * and must never run the interpreter's signal handler. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    volatile int child_errno = 0;
+    pid_t pid = vfork();
+    if (pid == 0) {
+        char bufs[4][64];
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        for (int sig = 1; sig < NSIG; sig++)
+            if (sig != SIGKILL && sig != SIGSTOP)
+                sigaction(sig, &dfl, NULL);
+        if (setsid() < 0) {
+            child_errno = errno;
+            _exit(127);
+        }
+        for (Py_ssize_t i = 0; i < n_pairs; i++) {
+            if (dup2(fds[2 * i], fds[2 * i + 1]) < 0) {
+                child_errno = errno;
+                _exit(127);
+            }
+        }
+        if (cwd != NULL && chdir(cwd) < 0) {
+            child_errno = -errno; /* negative: the chdir failed, not the exec */
+            _exit(127);
+        }
+        pid_t me = getpid();
+        for (Py_ssize_t i = 0; i < n_names; i++) {
+            pid_assignment(bufs[i], names[i], me);
+            envp[n_env + i] = bufs[i];
+        }
+        envp[n_env + n_names] = NULL;
+        sigprocmask(SIG_SETMASK, &((sigset_t){0}), NULL);
+        execve(path, argv, envp);
+        child_errno = errno;
+        _exit(127);
+    }
+    int saved = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        errno = saved;
+        PyErr_SetFromErrno(PyExc_OSError);
+        goto done;
+    }
+    if (child_errno != 0) {
+        int status;
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        int err = child_errno < 0 ? -child_errno : child_errno;
+        PyObject *exc = Py_BuildValue("(is)", err, child_errno < 0 ? "chdir" : "exec");
+        if (exc != NULL) {
+            PyErr_SetObject(PyExc_OSError, exc);
+            Py_DECREF(exc);
+        }
+        goto done;
+    }
+    result = PyLong_FromLong((long)pid);
+done:
+    PyMem_Free(argv);
+    PyMem_Free(envp);
+    PyMem_Free(names);
+    PyMem_Free(fds);
+    Py_XDECREF(argv_seq);
+    Py_XDECREF(envp_seq);
+    Py_XDECREF(names_seq);
+    Py_XDECREF(pairs_seq);
+    return result;
+}
+
+static PyMethodDef methods[] = {
+    {"spawn", fastspawn_spawn, METH_VARARGS,
+     "spawn(path, argv, envp, pid_names, fd_pairs, cwd) -> pid: vfork and exec."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "aeterna._fastspawn",
+    "vfork/exec with the child's pid in its environment (LISTEN_PID).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastspawn(void) { return PyModule_Create(&module); }
