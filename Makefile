@@ -97,12 +97,14 @@ DEMO_CONTROL ?= /tmp/aeterna-demo.sock
 
 demo: $(STAMP_RUN)
 	@echo "demo: starting Aeterna on units/ (Ctrl-C stops everything)"
-	@echo "demo: try   curl http://127.0.0.1:8080/"
+	@echo "demo: try   curl http://127.0.0.1:8080/   (a socket-activated web app)"
+	@echo "demo: and   curl -d '{\"session\":\"s1\",\"message\":\"hi\"}' http://127.0.0.1:8081/chat"
+	@echo "demo:       (the SRP agent; relay it with: $(VENV)/bin/aeterna --control $(DEMO_CONTROL) reload agent)"
 	@echo "demo: and   $(VENV)/bin/aeterna --control $(DEMO_CONTROL) status"
 	@exec $(VENV)/bin/aeterna --control $(DEMO_CONTROL) start -c units/
 
 lint: $(STAMP_TEST)
-	$(VENV)/bin/ruff check aeterna sdk
+	$(VENV)/bin/ruff check aeterna sdk tests bench examples
 	$(VENV)/bin/mypy aeterna sdk/python/aeterna_sdk
 
 # pytest exits 5 when it collects no test; that is not a failure of the build.

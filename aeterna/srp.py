@@ -231,7 +231,33 @@ class SrpUnit:
             self.m.log.warning("srp.load-failed", unit=self.runtime.name,
                                generation=generation, error=msg.get("ERROR"))
             return "load-failed"
+        self._release_connections()
         return None
+
+    def _release_connections(self) -> None:
+        """The receiver adopted the connections: our copies must go, or a client
+        would see no FIN when its new owner closes, and a later generation could
+        be handed a connection that is already someone else's."""
+        ck = self.latest
+        if ck is None:
+            return
+        kinds = ck.fields.get("FDKINDS", "").split(":") if ck.fields.get("FDKINDS") else []
+        if "conn" not in kinds:
+            return
+        names = ck.fields.get("FDNAMES", "").split(":") if ck.fields.get("FDNAMES") else []
+        keep_fds, keep_names, keep_kinds = [], [], []
+        for i, (fd, kind) in enumerate(zip(ck.fds, kinds, strict=False)):
+            if kind == "conn":
+                os.close(fd)
+                continue
+            keep_fds.append(fd)
+            keep_kinds.append(kind)
+            if names:
+                keep_names.append(names[i])
+        ck.fds = keep_fds
+        ck.fields["FDKINDS"] = ":".join(keep_kinds)
+        if names:
+            ck.fields["FDNAMES"] = ":".join(keep_names)
 
     def refuse(self, generation: int, reason: str) -> None:
         chan = self.channels.get(generation)

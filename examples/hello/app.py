@@ -12,7 +12,8 @@ import socketserver
 
 
 def listener() -> socket.socket:
-    if os.environ.get("LISTEN_PID") == str(os.getpid()) and int(os.environ.get("LISTEN_FDS", "0")) > 0:
+    activated = os.environ.get("LISTEN_PID") == str(os.getpid())
+    if activated and int(os.environ.get("LISTEN_FDS", "0")) > 0:
         return socket.socket(fileno=3)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
