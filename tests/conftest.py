@@ -100,6 +100,15 @@ class Aeterna:
                                          f"output:\n" + "\n".join(self.lines[-60:]))
                 self.cond.wait(left)
 
+    def index_of(self, pattern: str) -> int:
+        """The index of the first output line matching ``pattern`` (it must exist)."""
+        rx = re.compile(pattern)
+        with self.cond:
+            for i, line in enumerate(self.lines):
+                if rx.search(line):
+                    return i
+        raise AssertionError(f"no line matching {pattern!r}:\n{self.output()}")
+
     def count(self, pattern: str) -> int:
         rx = re.compile(pattern)
         with self.cond:

@@ -82,14 +82,6 @@ def unit(name: str, command: str | list[str], **extra: Any) -> str:
     return "service:\n" + "\n".join(lines) + "\n"
 
 
-def index_of(m: Any, pattern: str) -> int:
-    rx = re.compile(pattern)
-    for i, line in enumerate(m.lines):
-        if rx.search(line):
-            return i
-    raise AssertionError(f"no line matching {pattern!r}:\n{m.output()}")
-
-
 def gunicorn_cmd(*extra: str) -> list[str]:
     # --no-control-socket: gunicorn 27 would otherwise create ~/.gunicorn/gunicorn.ctl.
     return [GUNICORN, "--chdir", str(APPS), "-w", "2", "--no-control-socket",
@@ -108,9 +100,9 @@ def test_gunicorn_notify_with_manager_socket(aeterna: Any) -> None:
     m.wait_line(rf"socket\.bound unit=web name=http address=127\.0\.0\.1:{port} ")
     m.wait_line(r"unit\.state unit=web old=starting new=active", timeout=20)
     # gunicorn took the manager's socket (LISTEN_FDS) instead of binding its own.
-    listening = index_of(m, rf"web\[\d+\]: .*Listening at: http://127\.0\.0\.1:{port} ")
-    assert index_of(m, r"unit\.state unit=web old=waiting new=starting") < listening
-    assert listening < index_of(m, r"unit\.state unit=web old=starting new=active")
+    listening = m.index_of(rf"web\[\d+\]: .*Listening at: http://127\.0\.0\.1:{port} ")
+    assert m.index_of(r"unit\.state unit=web old=waiting new=starting") < listening
+    assert listening < m.index_of(r"unit\.state unit=web old=starting new=active")
     for _ in range(4):  # several requests: both workers serve on the same fd
         status, body = http_get(port)
         assert status == 200 and body.startswith("hello from wsgi pid="), body
@@ -148,7 +140,7 @@ def test_gunicorn_is_starting_until_ready(aeterna: Any) -> None:
     assert status == 200 and "hello from wsgi" in body
     m.wait_line(r"unit\.state unit=web old=starting new=active", timeout=20)
     assert time.monotonic() - t0 >= 1.0
-    assert index_of(m, r"Listening at") < index_of(m, r"old=starting new=active")
+    assert m.index_of(r"Listening at") < m.index_of(r"old=starting new=active")
     assert m.status("web")["status_text"] == "Gunicorn arbiter booted"
 
 

@@ -53,14 +53,6 @@ def send(path: str, payload: bytes, fds: list[int] | None = None) -> None:
             s.send(payload)
 
 
-def index_of(m: Any, pattern: str) -> int:
-    rx = re.compile(pattern)
-    for i, line in enumerate(m.lines):
-        if rx.search(line):
-            return i
-    raise AssertionError(f"no line matching {pattern!r}:\n{m.output()}")
-
-
 # --------------------------------------------------------------------------- 6. spoofing
 
 
@@ -151,7 +143,7 @@ def test_watchdog_expiry_kills_with_sigabrt_and_restarts(aeterna: Any) -> None:
     line = m.wait_line(r"unit\.watchdog unit=wd pid=(\d+) signal=SIGABRT", timeout=5)
     assert int(line.group(1)) == int(env["getpid"])
     assert time.monotonic() - t_stop >= 1.0  # not while it was still pinging
-    assert index_of(m, r"stopped pinging") < index_of(m, r"unit\.watchdog")
+    assert m.index_of(r"stopped pinging") < m.index_of(r"unit\.watchdog")
     m.wait_line(r'unit\.exited unit=wd how="signal=SIGABRT"')
     m.wait_line(r"unit\.restart-scheduled unit=wd .*result=watchdog")
     env2 = unit_env(m, "wd", generation=2)
@@ -181,8 +173,8 @@ def test_watchdog_trigger_and_exit_before_ready(aeterna: Any) -> None:
     m.wait_line(r'unit\.exited unit=quick how="status=0" result=success')
     st = m.wait_status("quick", lambda s: s["state"] == "inactive")
     assert st["result"] == "success" and st["status_text"] == "done"
-    assert index_of(m, r"unit=quick old=starting new=active") < index_of(
-        m, r"unit\.exited unit=quick")
+    assert m.index_of(r"unit=quick old=starting new=active") < m.index_of(
+        r"unit\.exited unit=quick")
 
 
 def test_extend_timeout_usec_pushes_the_start_timeout(aeterna: Any) -> None:
