@@ -58,6 +58,7 @@ class Manager:
         self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._control: Any = None
         self._pending_stops: set[str] = set()  # a `stop UNIT` still working down its closure
+        self._booted = False  # every unit was asked to start: "all down" means done
         # Processes that are not a unit's main one but whose exit someone awaits:
         # canaries, draining generations, hooks and exec probes.
         self.watched: dict[int, Callable[[ExitInfo], None]] = {}
@@ -96,6 +97,7 @@ class Manager:
         for name in self.order:
             if self.units[name].state is State.INACTIVE:
                 self.units[name].dispatch(Event.START)
+        self._booted = True
         self._check_finished()
         # A child may have exited before our SIGCHLD handler existed.
         self._on_sigchld()
@@ -496,7 +498,7 @@ class Manager:
         self._check_finished()
 
     def _check_finished(self) -> None:
-        if self._done is None or self._done.done():
+        if self._done is None or self._done.done() or not self._booted:
             return
         states = [r.state for r in self.units.values()]
         settled = DOWN_STATES | ({State.EXITED} if not self.shutting_down else set())

@@ -285,3 +285,25 @@ def _in_epoll_wait(pid: int) -> bool:
     except (OSError, IndexError):
         return True  # cannot tell here: measure anyway
     return wanted is None or nr in wanted
+
+
+def test_bind_failure_fails_that_unit_only(aeterna: Any) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        m = aeterna({
+            "web.yaml": _unit("web", "sleep 60",
+                              f"  sockets: [{{listen: \"127.0.0.1:{port}\", name: http}}]\n"),
+            "other.yaml": _unit("other", "sleep 60"),
+        })
+        line = m.wait_line(r"unit\.bind-failed unit=web").string
+        assert f"address=127.0.0.1:{port}" in line and "errno=EADDRINUSE" in line
+        assert m.wait_status("web", lambda s: s["state"] == "failed")["result"] == "resources"
+        assert m.wait_status("other", lambda s: s["state"] == "active")
+        assert m.count(r"unit\.started unit=web") == 0
+    finally:
+        busy.close()
