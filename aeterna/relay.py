@@ -245,6 +245,13 @@ class Relay:
         assert self._exited is not None and self._failed is not None
         canary = self.unit.orchestration.canary
         soak = canary.soak_time if canary.enabled else 0.0
+        if soak <= 0 and not (canary.enabled and canary.probes):
+            # No soak: judge what already happened, without a turn of the loop.
+            if self._exited.done():
+                raise RelayFailed(Reason.CRASHED, str(self._exited.result()))
+            if self._failed.done():
+                raise self._failed.result()
+            return
         tasks = [asyncio.ensure_future(self._probe_loop(p)) for p in canary.probes
                  if canary.enabled]
         watch = ResourceWatch(canary, self.main_pid or 0)

@@ -1032,13 +1032,12 @@ def report(runs: list[LoadRun], ov: dict[str, Any] | None, args: argparse.Namesp
             rows.append([what, f"{v['median']:.3f}", f"{v['p90']:.3f}", f"{v['max']:.3f}"])
         add(c.md_table(["ms", "median", "p90", "max"], rows,
                        [False, True, True, True]).rstrip())
-        add("Most of `total` − start-to-ready is the spawn: `aeterna/spawn.py` forks the "
-            f"manager (a Python process of {ov['manager_rss_mib']:.0f} MiB RSS: page tables "
-            "copied, then torn down by the "
-            "exec), runs Python in the child (every catchable signal reset one by one, fds "
-            "moved) and waits on the close-on-exec pipe for the exec. A vfork-style spawn "
-            "(`os.posix_spawn`, or a small exec helper started that way, as systemd ≥ 255 "
-            "does with systemd-executor) would not copy the manager.")
+        add("What is left of `total` − start-to-ready is about half the start of the new "
+            "process (`aeterna/spawn.py`: a vfork from the C extension `aeterna._fastspawn`, "
+            "so the manager's memory is not copied, the exec of the app, and the manager's "
+            "bookkeeping around it: environment, output pipes, SRP and notify set-up) and "
+            "half the relay's own Python: phase changes, each with its log line, and the "
+            "READY=1 datagram's path through the notify endpoint.")
     add("**Goals**")
     add(c.md_table(["Goal", "Result", "Met"], goals(runs, ov),
                    [False, False, False]).rstrip())
