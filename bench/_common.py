@@ -16,6 +16,7 @@ import platform
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -265,3 +266,12 @@ def _update_section(path: Path, heading: str, body: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(new)
     os.replace(tmp, path)
+
+
+def start_bench() -> str:
+    """What every benchmark does first: become a subreaper (so the processes it
+    starts cannot escape it), turn SIGTERM into a normal exit (so the finally
+    blocks that stop them run), and return the 1-minute load average."""
+    set_subreaper()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    return (_read("/proc/loadavg") or "?").split()[0]

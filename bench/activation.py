@@ -482,9 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.iterations, args.warmup, args.no_doc = 20, 3, True
-    c.set_subreaper()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    args.load_before = (c._read("/proc/loadavg") or "?").split()[0]
+    args.load_before = c.start_bench()
     t0 = time.monotonic()
     notes: list[str] = []
     tmp = Path(tempfile.mkdtemp(prefix="bench-activation-"))

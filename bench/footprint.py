@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -374,8 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     args.only = {x.strip() for x in args.only.split(",") if x.strip()}
 
     # Orphans of a supervisor come back to us, so that nothing is left behind.
-    c.set_subreaper()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally blocks
+    c.start_bench()
     t0 = time.monotonic()
     notes: list[str] = []
     cfgs = configs(args, notes)

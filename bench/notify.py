@@ -505,9 +505,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.repeat, args.count, args.no_doc = 1, 20_000, True
     args.senders = [int(x) for x in args.senders.split(",") if x.strip()]
-    c.set_subreaper()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    args.load_before = (c._read("/proc/loadavg") or "?").split()[0]
+    args.load_before = c.start_bench()
     t0 = time.monotonic()
     results, sender_kind = run(args)
     body, failures = report(results, args, sender_kind, time.monotonic() - t0)

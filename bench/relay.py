@@ -1123,7 +1123,7 @@ def main() -> int:
     for tool, needed in needs.items():
         if needed and shutil.which(tool) is None:
             p.error(f"{tool} is not installed (Debian package {tool.rstrip('d')})")
-    c.set_subreaper()
+    c.start_bench()
     tmp = Path(tempfile.mkdtemp(prefix="aeterna-relay-bench-"))
     t_start = time.monotonic()
     runs: list[LoadRun] = []

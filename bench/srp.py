@@ -1046,10 +1046,9 @@ def main() -> int:
         args.reps = args.reps_big = args.base_reps = 2
         args.warm = args.idle = 0
     budget = int(args.mem_budget_gib * (1 << 30))
-    c.set_subreaper()
+    load_before = c.start_bench()
     tmp = Path(tempfile.mkdtemp(prefix="aeterna-srp-bench-"))
     t_start = time.monotonic()
-    load_before = open("/proc/loadavg").read().split()[0]
     base: dict[tuple[str, int], list[float]] = {}
     res_mem = (0.0, 0.0)
     oneway: float | None = None
