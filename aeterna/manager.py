@@ -365,6 +365,7 @@ class Manager:
         """Fork/exec with env, identity and output pipes prefixed ``unit[pid]``."""
         assert self.loop is not None
         req = self.build_request(runtime, unit, generation)
+        changes: dict[str, Any] = {}  # applied with one dataclasses.replace below
         srp_child = -1
         if argv is not None:  # a hook or probe: the unit's environment, no fds
             # systemd: control processes get NOTIFY_SOCKET only with NotifyAccess=exec|all.
@@ -373,14 +374,14 @@ class Manager:
                    if not k.startswith(("LISTEN_", "WATCHDOG_")) and k != "FDSTORE"
                    and (k != "NOTIFY_SOCKET" or access in ("exec", "all"))}
             env.update(extra_env or {})
-            req = environment.with_(req, argv=argv, pass_fds=(), blocking_fds=frozenset(),
-                                    pid_env=(), argv0=argv0, env=env)
+            changes.update(argv=argv, pass_fds=(), blocking_fds=frozenset(), pid_env=(),
+                           argv0=argv0, env=env)
         else:
             if self._shares_listeners(runtime):
                 # O_NONBLOCK lives on the open file description, which a running
                 # generation shares: clearing it under an app that accepts until
                 # EAGAIN (asyncio, Go, nginx) would block that app in accept().
-                req = environment.with_(req, blocking_fds=frozenset())
+                changes["blocking_fds"] = frozenset()
             srp = self.srp_for(runtime, unit)
             if srp is not None and unit.orchestration.state_handoff.enabled:
                 # The SRP end goes right after the LISTEN_FDS range (docs/srp.md §2).
@@ -391,11 +392,11 @@ class Manager:
                     env["AETERNA_SRP_SOCKET"] = unit.orchestration.state_handoff.socket_path
                 if unit.orchestration.state_handoff.required:
                     env["AETERNA_SRP_REQUIRED"] = "1"
-                req = environment.with_(req, extra_fd=(srp_child, target), env=env)
+                changes.update(extra_fd=(srp_child, target), env=env)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
         try:
-            req = environment.with_(req, stdout=out_w, stderr=err_w)
+            req = environment.with_(req, stdout=out_w, stderr=err_w, **changes)
             pid = spawn(req, exact_exec=argv is None and unit.service.type is ServiceType.EXEC)
         except BaseException:
             for fd in (out_r, err_r):

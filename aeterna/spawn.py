@@ -115,6 +115,16 @@ def spawn(req: SpawnRequest, exact_exec: bool = False) -> int:
     return _fork_exec(req, program)
 
 
+_DEVNULL: list[int] = []
+
+
+def _devnull() -> int:
+    """One close-on-exec /dev/null for every child's stdin, opened once."""
+    if not _DEVNULL:
+        _DEVNULL.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    return _DEVNULL[0]
+
+
 def _high_copies(req: SpawnRequest, temps: list[int]) -> list[tuple[int, int]]:
     """(source, target) pairs for stdio, pass_fds and extra_fd, every source a
     close-on-exec copy above the highest target (appended to ``temps``), so that
@@ -126,9 +136,7 @@ def _high_copies(req: SpawnRequest, temps: list[int]) -> list[tuple[int, int]]:
         temps.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor))
         return temps[-1]
 
-    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    temps.append(devnull)
-    pairs = [(high(devnull), 0)]
+    pairs = [(high(_devnull()), 0)]
     if req.stdout is not None:
         pairs.append((high(req.stdout), 1))
     if req.stderr is not None:
