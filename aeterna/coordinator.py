@@ -118,6 +118,7 @@ class Coordinator:
         drain = unit.orchestration.drain
         d = Draining(unit.name, pid, pgid, generation)
         self.draining[pid] = d
+        self.m.notify.retired.add(pid)
         self.m.watch(pid, functools.partial(self._drained_main, d))
         self.m.log.info("relay.drain", unit=unit.name, pid=pid, generation=generation,
                         signal=drain.signal.name, timeout=drain.timeout)
@@ -147,6 +148,7 @@ class Coordinator:
                 if d.timer is not None:
                     d.timer.cancel()
                 del self.draining[pid]
+                self.m.notify.retired.discard(pid)
                 self.m.wake_waiters()
 
     def draining_count(self, name: str) -> int:

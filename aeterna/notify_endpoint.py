@@ -34,6 +34,7 @@ class NotifyEndpoint:
         self.path = path
         self.log = log
         self.rejected: dict[str, int] = {}
+        self.retired: set[int] = set()  # main pids of draining generations
         self.accepted = 0
 
     def fileno(self) -> int:
@@ -70,6 +71,12 @@ class NotifyEndpoint:
             return
         runtime = _find_unit(d.pid, runtimes)
         if runtime is None:
+            if d.pid in self.retired:
+                # A draining generation saying STOPPING=1 (or anything else): it no
+                # longer speaks for its unit, but it is not a stranger either.
+                close_fds(d.fds)
+                self.log.debug("notify.retired", pid=d.pid)
+                return
             self._reject(Rejection.UNKNOWN_SENDER, d)
             return
         access = runtime.effective_notify_access()
