@@ -18,6 +18,7 @@ import contextlib
 import os
 import socket
 import struct
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -172,11 +173,7 @@ class ControlServer:
             if unit is None:
                 raise ControlError("bad-request", "restart needs a unit")
             runtime = m.units[unit]
-            gen = runtime.generation
-            m.restart_unit(unit)
-            await m.wait_for(lambda: runtime.state.value == "failed" or (
-                runtime.generation > gen and runtime.state.value in ("active", "exited",
-                                                                     "failed", "inactive")))
+            await m.wait_for(_restart(m, unit))
             return {"unit": unit, "state": runtime.state.value, "result": runtime.result.value,
                     "main_pid": runtime.main_pid}
         if verb == "reload":
@@ -226,16 +223,23 @@ class ControlServer:
             return {"ok": outcome_name == "success", "unit": unit, "outcome": outcome_name,
                     "state": runtime.state.value}
         runtime.unit = new
-        gen = runtime.generation
-        m.restart_unit(unit)
+        settled = _restart(m, unit)
         if no_block:
             return {"ok": True, "unit": unit, "outcome": "queued"}
-        await m.wait_for(lambda: runtime.state.value == "failed" or (
-            runtime.generation > gen and runtime.state.value in ("active", "exited", "failed",
-                                                                 "inactive")))
+        await m.wait_for(settled)
         ok = runtime.state.value in ("active", "exited")
         return {"ok": ok, "unit": unit, "outcome": "restarted" if ok else "failed",
                 "state": runtime.state.value}
+
+
+def _restart(m: Manager, unit: str) -> Callable[[], bool]:
+    """Restart ``unit``; return the condition "its next generation settled (or it failed)"."""
+    runtime = m.units[unit]
+    gen = runtime.generation
+    m.restart_unit(unit)
+    return lambda: runtime.state.value == "failed" or (
+        runtime.generation > gen and runtime.state.value in ("active", "exited", "failed",
+                                                             "inactive"))
 
 
 def _someone_listening(path: str) -> bool:

@@ -23,7 +23,7 @@ from .log import Log
 from .model import ServiceType, Unit
 from .notify_endpoint import NotifyEndpoint
 from .output import LineRelay, make_pipe
-from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result
+from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result, errno_name
 from .sockets import SocketError, bind_listeners, remove_listener
 from .spawn import SpawnError, SpawnRequest, spawn
 
@@ -72,7 +72,7 @@ class Manager:
         """Start every unit, serve until all have stopped, return the exit status."""
         self.loop = asyncio.get_running_loop()
         self._done = self.loop.create_future()
-        _no_inherited_fds()
+        pid1.no_inherited_fds()
         if not pid1.is_pid1():
             pid1.set_subreaper()
         loop = self.loop
@@ -141,7 +141,7 @@ class Manager:
                 runtime.listeners = bind_listeners(runtime.unit.service.sockets)
             except SocketError as exc:
                 runtime.fail_now(Result.RESOURCES, "unit.bind-failed", error=str(exc),
-                                 address=exc.address, errno=_errno_name(exc.errno or 0))
+                                 address=exc.address, errno=errno_name(exc.errno or 0))
                 continue
             for lst in runtime.listeners:
                 self.log.info("socket.bound", unit=runtime.name, name=lst.spec.name,
@@ -212,7 +212,7 @@ class Manager:
         cgroup empties. A pidfd gets readable when the process exits, whoever
         its parent is; we then treat the exit as clean (its status is not ours).
         """
-        if _parent_of(pid) == os.getpid():
+        if pid1.parent_of(pid) == os.getpid():
             return  # our child (an adopted orphan): the reaper reports it
         try:
             fd = os.pidfd_open(pid)
@@ -258,30 +258,31 @@ class Manager:
         """Stop every unit in reverse dependency order, then exit."""
         self.shutting_down = True
         self.relays.abort_all()
-        self._advance_shutdown()
+        self._pending_stops |= set(self.units)
+        self._advance_stops()
 
     def _dependents(self, name: str) -> list[UnitRuntime]:
         return [r for r in self.units.values()
                 if any(d.name == name and d.order for d in r.unit.service.depends_on)]
 
-    def _advance_shutdown(self) -> None:
+    def _advance_stops(self) -> None:
+        """Stop each pending unit once the pending units ordered after it are down
+        (reverse dependency order, for shutdown and for ``stop UNIT`` alike)."""
+        pending = self._pending_stops
         for name in reversed(self.order):
             runtime = self.units[name]
-            if runtime.state in DOWN_STATES:
-                continue
-            if all(d.state in DOWN_STATES for d in self._dependents(name)):
+            if name in pending and runtime.state not in DOWN_STATES and all(
+                    d.state in DOWN_STATES for d in self._dependents(name)
+                    if d.name in pending):
                 runtime.dispatch(Event.STOP)
 
     def stop_unit(self, name: str) -> None:
         """Stop a unit, and first the units ordered after it that require it."""
         todo = self._closure(name)
-        for n in reversed(self.order):
-            if n in todo:
-                runtime = self.units[n]
-                runtime.stop_requested = True
-                if all(d.state in DOWN_STATES for d in self._dependents(n) if d.name in todo):
-                    runtime.dispatch(Event.STOP)
+        for n in todo:
+            self.units[n].stop_requested = True
         self._pending_stops |= todo
+        self._advance_stops()
 
     def _closure(self, name: str) -> set[str]:
         todo = {name}
@@ -472,17 +473,10 @@ class Manager:
                         other.dispatch(Event.DEPS_UP)
                     elif deps == "failed":
                         other.dispatch(Event.DEP_FAILED)
-        if runtime.state in DOWN_STATES and self._pending_stops:
-            pending = self._pending_stops
-            pending.discard(runtime.name)
-            for n in reversed(self.order):
-                r = self.units[n]
-                if n in pending and r.state not in DOWN_STATES and all(
-                        d.state in DOWN_STATES for d in self._dependents(n)
-                        if d.name in pending):
-                    r.dispatch(Event.STOP)
-        if self.shutting_down:
-            self._advance_shutdown()
+        if runtime.state in DOWN_STATES and not self.shutting_down:
+            self._pending_stops.discard(runtime.name)  # a later start is not undone
+        if self._pending_stops:
+            self._advance_stops()
         self.wake_waiters()
 
     def wake_waiters(self) -> None:
@@ -501,11 +495,9 @@ class Manager:
     def _check_finished(self) -> None:
         if self._done is None or self._done.done() or not self._booted:
             return
-        states = [r.state for r in self.units.values()]
-        settled = DOWN_STATES | ({State.EXITED} if not self.shutting_down else set())
-        if self.shutting_down:
-            settled = DOWN_STATES
-        if all(s in settled for s in states) and not any(
+        # A oneshot that finished counts as settled, except when we shut down.
+        settled = DOWN_STATES if self.shutting_down else DOWN_STATES | {State.EXITED}
+        if all(r.state in settled for r in self.units.values()) and not any(
                 r.pending_start for r in self.units.values()) and not self.relays.current \
                 and not self.relays.draining:
             code = self.exit_status()
@@ -535,35 +527,3 @@ class Manager:
             return True
         except TimeoutError:
             return False
-
-
-def _no_inherited_fds() -> None:
-    """Mark every fd we were started with (above stdio) close-on-exec.
-
-    The fast spawn path relies on "every fd of the manager is CLOEXEC" instead
-    of closing all fds in the child; fds inherited from whoever started us are
-    the only ones Python did not create that way.
-    """
-    for name in os.listdir("/proc/self/fd"):
-        fd = int(name)
-        if fd > 2:
-            try:
-                os.set_inheritable(fd, False)
-            except OSError:
-                pass  # the fd of the listdir itself, closed meanwhile
-
-
-def _parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _errno_name(err: int) -> str:
-    import errno as errno_mod
-
-    return errno_mod.errorcode.get(err, str(err))
-
-

@@ -60,10 +60,7 @@ class NotifyEndpoint:
 
     def _handle(self, d: Datagram, runtimes: list[Any]) -> None:
         if d.rejection is not None or d.message is None or d.pid is None:
-            reason = d.rejection or Rejection.NO_CREDENTIALS
-            self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
-            self.log.warning("notify.dropped", reason=reason.value, pid=d.pid, fds=d.n_fds)
-            close_fds(d.fds)
+            self._reject(d.rejection or Rejection.NO_CREDENTIALS, d)
             return
         msg = d.message
         if msg.barrier:
@@ -80,7 +77,9 @@ class NotifyEndpoint:
             self._reject(Rejection.UNKNOWN_SENDER, d)
             return
         access = runtime.effective_notify_access()
-        group = {d.pid} if _in_group(d.pid, runtime.pgid) else set()
+        # Group membership only matters for NotifyAccess=all: spare the syscall.
+        group = ({d.pid} if access is NotifyAccess.ALL and _in_group(d.pid, runtime.pgid)
+                 else set())
         control = getattr(runtime, "control_pid", None)
         controls = {control} if control is not None else set()
         if not authorise(access, d.pid, runtime.main_pid, controls, group):

@@ -82,3 +82,28 @@ def trim_memory() -> None:
         ctypes.CDLL(None).malloc_trim(0)
     except (OSError, AttributeError):  # pragma: no cover - not glibc
         pass
+
+
+def no_inherited_fds() -> None:
+    """Mark every fd we were started with (above stdio) close-on-exec.
+
+    The fast spawn path relies on "every fd of the manager is CLOEXEC" instead
+    of closing all fds in the child; fds inherited from whoever started us are
+    the only ones Python did not create that way.
+    """
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2:
+            try:
+                os.set_inheritable(fd, False)
+            except OSError:
+                pass  # the fd of the listdir itself, closed meanwhile
+
+
+def parent_of(pid: int) -> int | None:
+    """The parent pid of ``pid`` from /proc/PID/stat, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

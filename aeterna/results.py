@@ -8,6 +8,7 @@ metric label. Record only the first failure of a run.
 from __future__ import annotations
 
 import enum
+import errno as errno_mod
 import os
 import signal
 from dataclasses import dataclass
@@ -67,3 +68,8 @@ class ExitInfo:
                 name = str(self.signal)
             return f"signal={name}" + (" (core dumped)" if self.core else "")
         return f"status={self.code}"
+
+
+def errno_name(err: int) -> str:
+    """``ENOENT`` for 2: the name logs and errors use for an errno."""
+    return errno_mod.errorcode.get(err, str(err))

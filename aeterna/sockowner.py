@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 import socket
 
+from .pid1 import parent_of
+
 
 def _hex_addr(family: int, host: str, port: int) -> str:
     """The kernel's /proc/net/tcp spelling of an address (32-bit words, host order)."""
@@ -73,13 +75,9 @@ def tree(pid: int) -> set[int]:
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry))
+        ppid = parent_of(int(entry))
+        if ppid is not None:
+            children.setdefault(ppid, []).append(int(entry))
     out = {pid}
     todo = [pid]
     while todo:

@@ -16,6 +16,8 @@ import os
 import signal
 from dataclasses import dataclass, field
 
+from .results import errno_name
+
 try:  # optional C extension (setup.py): vfork with LISTEN_PID, see _fastspawn.c
     from . import _fastspawn
 except ImportError:  # pragma: no cover - built without a C compiler
@@ -58,7 +60,7 @@ class SpawnError(Exception):
         self.stage = stage
         self.errno = err
         self.path = path
-        name = errno_mod.errorcode.get(err, str(err))
+        name = errno_name(err)
         super().__init__(f"{stage} {path}: {name} ({os.strerror(err)})")
 
     @property
@@ -115,6 +117,11 @@ def spawn(req: SpawnRequest, exact_exec: bool = False) -> int:
     return _fork_exec(req, program)
 
 
+def _floor(req: SpawnRequest) -> int:
+    """The lowest fd number above every target of ``req``'s fd layout."""
+    return max(3 + len(req.pass_fds), req.extra_fd[1] + 1 if req.extra_fd else 0)
+
+
 _DEVNULL: list[int] = []
 
 
@@ -129,8 +136,7 @@ def _high_copies(req: SpawnRequest, temps: list[int]) -> list[tuple[int, int]]:
     """(source, target) pairs for stdio, pass_fds and extra_fd, every source a
     close-on-exec copy above the highest target (appended to ``temps``), so that
     applying the dup2s in order never overwrites a source still to be moved."""
-    n = len(req.pass_fds)
-    floor = max(3 + n, req.extra_fd[1] + 1 if req.extra_fd else 0)
+    floor = _floor(req)
 
     def high(fd: int) -> int:
         temps.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor))
@@ -200,21 +206,28 @@ def _fork_exec(req: SpawnRequest, program: str) -> int:
         argv[0] = req.argv0
     env_items = [(k, v) for k, v in req.env.items() if k not in req.pid_env]
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
-    # Block signals across fork: a signal that reached the child before it reset
-    # its handlers would run the manager's handler, which writes to the *shared*
-    # asyncio wakeup fd and so would look to the manager as if sent to it.
-    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
+    # The error pipe too goes above the fd layout's targets, like every source.
+    temps = [wfd]
     try:
-        pid = os.fork()
-    except OSError:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        errfd = fcntl.fcntl(wfd, fcntl.F_DUPFD_CLOEXEC, _floor(req))
+        temps.append(errfd)
+        pairs = _high_copies(req, temps)
+        # Block signals across fork: a signal that reached the child before it
+        # reset its handlers would run the manager's handler, which writes to the
+        # *shared* asyncio wakeup fd and so would look to the manager as if sent to it.
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CATCHABLE)
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child: exec or _exit, never returns
+                _child(req, program, argv, env_items, pairs, errfd)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    except BaseException:
         os.close(rfd)
-        os.close(wfd)
         raise
-    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        _child(req, program, argv, env_items, wfd)
-    signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-    os.close(wfd)
+    finally:
+        for fd in temps:
+            os.close(fd)
     try:
         data = b""
         while True:
@@ -234,8 +247,8 @@ def _fork_exec(req: SpawnRequest, program: str) -> int:
     return pid
 
 
-def _child(req: SpawnRequest, program: str, argv: list[str],
-           env_items: list[tuple[str, str]], errfd: int) -> None:  # pragma: no cover
+def _child(req: SpawnRequest, program: str, argv: list[str], env_items: list[tuple[str, str]],
+           pairs: list[tuple[int, int]], errfd: int) -> None:  # pragma: no cover
     """Runs between fork and exec. Only os-level calls; never returns."""
     stage = "setup"
     try:
@@ -251,38 +264,14 @@ def _child(req: SpawnRequest, program: str, argv: list[str],
         # other process can join it to speak for the unit or catch its signals.
         stage = "setsid"
         os.setsid()
-        # Move every source fd above the highest target first, so that no dup2
-        # below overwrites a source that is still to be moved.
-        n = len(req.pass_fds)
-        floor = max(3 + n, req.extra_fd[1] + 1 if req.extra_fd else 0)
+        # Every source is already above every target (_high_copies), so the dup2s
+        # never overwrite one another; dup2 with src != dst clears FD_CLOEXEC.
         stage = "fds"
-        devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        stdin_src = fcntl.fcntl(devnull, fcntl.F_DUPFD_CLOEXEC, floor)
-        out_src = (fcntl.fcntl(req.stdout, fcntl.F_DUPFD_CLOEXEC, floor)
-                   if req.stdout is not None else None)
-        err_src = (fcntl.fcntl(req.stderr, fcntl.F_DUPFD_CLOEXEC, floor)
-                   if req.stderr is not None else None)
-        moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor) for fd in req.pass_fds]
-        extra = (fcntl.fcntl(req.extra_fd[0], fcntl.F_DUPFD_CLOEXEC, floor)
-                 if req.extra_fd else None)
-        errfd = fcntl.fcntl(errfd, fcntl.F_DUPFD_CLOEXEC, floor)
-        # os.dup2 with src != dst clears FD_CLOEXEC on the target (inheritable).
-        os.dup2(stdin_src, 0)
-        if out_src is not None:
-            os.dup2(out_src, 1)
-        if err_src is not None:
-            os.dup2(err_src, 2)
-        for i, src in enumerate(moved):
-            os.dup2(src, 3 + i)
-            if req.pass_fds[i] in req.blocking_fds:
-                # O_NONBLOCK lives on the open file description shared with the
-                # manager; systemd hands listeners over blocking (NonBlocking=no).
-                os.set_blocking(3 + i, True)
-        if extra is not None and req.extra_fd is not None:
-            os.dup2(extra, req.extra_fd[1])
+        for src, dst in pairs:
+            os.dup2(src, dst)
         # Close everything else; only the error pipe survives, and it is CLOEXEC.
         keep = sorted({errfd} | ({req.extra_fd[1]} if req.extra_fd else set()))
-        low = 3 + n
+        low = 3 + len(req.pass_fds)
         for fd in keep:
             if fd >= low:
                 os.closerange(low, fd)

@@ -21,7 +21,7 @@ from . import pid1
 from .fdstore import FdStore
 from .model import KillMode, NotifyAccess, ServiceType, Unit
 from .policy import StartLimiter, classify_exit, restart_delay, should_restart
-from .results import ExitInfo, Result
+from .results import ExitInfo, Result, errno_name
 from .sockets import Listener
 from .spawn import SpawnError
 from .unit_control import ControlCommands
@@ -200,14 +200,14 @@ class UnitRuntime(NotifyDriven, ControlCommands):
             self._fail(Result.EXEC)
             self.last_exit = ExitInfo(code=exc.exit_status)
             self.host.warning("unit.exec-failed", unit=self.name, stage=exc.stage,
-                              errno=_errno_name(exc.errno), path=exc.path, error=str(exc))
+                              errno=errno_name(exc.errno), path=exc.path, error=str(exc))
             self._after_exit()
             return
         except OSError as exc:
             self._fail(Result.RESOURCES)
             self.last_exit = ExitInfo(code=1)
             self.host.warning("unit.spawn-failed", unit=self.name,
-                              errno=_errno_name(exc.errno or 0), error=str(exc))
+                              errno=errno_name(exc.errno or 0), error=str(exc))
             self._after_exit()
             return
         self.main_pid = self.pgid = pid
@@ -468,9 +468,3 @@ class UnitRuntime(NotifyDriven, ControlCommands):
             "reloads": self.reloads,
             "last_reload": self.last_reload or None,
         }
-
-
-def _errno_name(err: int) -> str:
-    import errno as errno_mod
-
-    return errno_mod.errorcode.get(err, str(err))

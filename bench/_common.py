@@ -275,3 +275,12 @@ def start_bench() -> str:
     set_subreaper()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return (_read("/proc/loadavg") or "?").split()[0]
+
+
+def publish(section: str, body: str, write: bool) -> None:
+    """Print a benchmark's section and, unless told not to, write it to the doc."""
+    print()
+    print(body)
+    if write:
+        update_doc_section(section, body)
+        print(f"\nwrote the '{section}' section of {DOC}")

@@ -1155,11 +1155,7 @@ def main() -> int:
         if getattr(args, opt) != default:
             cmd += f" --{opt.replace('_', '-')} {getattr(args, opt)}"
     body = report(runs, ov, args, cmd, note, elapsed)
-    print()
-    print(body)
-    if write_doc:
-        c.update_doc_section(SECTION, body)
-        print(f"\nwrote the '{SECTION}' section of {c.DOC}")
+    c.publish(SECTION, body, write_doc)
     return 0
 
 

@@ -1181,11 +1181,7 @@ def main() -> int:
         if getattr(args, opt) != default and not args.quick:
             cmd += f" --{opt.replace('_', '-')} {getattr(args, opt)}"
     body = report(res, relays, warm, idle, args, oneway, perf_note, elapsed, cmd, plot_note)
-    print()
-    print(body)
-    if write_doc:
-        c.update_doc_section(SECTION, body)
-        print(f"\nwrote the '{SECTION}' section of {c.DOC}")
+    c.publish(SECTION, body, write_doc)
     return 0
 
 

@@ -75,9 +75,9 @@ def _run(path: str, tmp: Path, **kw: object) -> dict[str, object]:
 def test_fds_env_session_and_signals(path: str, tmp_path: Path) -> None:
     # The manager's contract: every fd it holds is close-on-exec (it marks the
     # ones it inherited at start); the fast paths rely on it instead of closing.
-    from aeterna.manager import _no_inherited_fds
+    from aeterna.pid1 import no_inherited_fds
 
-    _no_inherited_fds()
+    no_inherited_fds()
     lst = socket.socket()
     lst.bind(("127.0.0.1", 0))
     lst.listen()
