@@ -120,13 +120,15 @@ class Coordinator:
         self.draining[pid] = d
         self.m.notify.retired.add(pid)
         self.m.watch(pid, functools.partial(self._drained_main, d))
-        self.m.log.info("relay.drain", unit=unit.name, pid=pid, generation=generation,
-                        signal=drain.signal.name, timeout=drain.timeout)
+        # The signal first, the log line after: N+1 is already serving, and every
+        # moment N keeps accepting from the shared queue is a moment it must drain.
         if unit.service.kill_mode.value in ("process", "mixed"):
             pid1.kill_pid(pid, drain.signal)
         else:
             pid1.kill_group(pgid, drain.signal)
             pid1.kill_group(pgid, signal.SIGCONT)
+        self.m.log.info("relay.drain", unit=unit.name, pid=pid, generation=generation,
+                        signal=drain.signal.name, timeout=drain.timeout)
         assert self.m.loop is not None
         d.timer = self.m.loop.call_later(drain.timeout, self._drain_timeout, d)
 

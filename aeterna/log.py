@@ -26,9 +26,13 @@ class Log:
         for key, value in fields.items():
             if value is None:
                 continue
-            text = str(value.value if hasattr(value, "value") and not isinstance(
-                value, (int, float, str)) else value)
-            if not text or any(c in text for c in ' "='):
+            if type(value) is str:  # the common case first: this runs on hot paths
+                text = value
+            elif isinstance(value, (int, float, str)) or not hasattr(value, "value"):
+                text = str(value)
+            else:
+                text = str(value.value)
+            if not text or " " in text or '"' in text or "=" in text:
                 text = '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
             parts.append(f"{key}={text}")
         try:

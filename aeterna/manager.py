@@ -493,13 +493,13 @@ class Manager:
         self._check_finished()
 
     def _check_finished(self) -> None:
-        if self._done is None or self._done.done() or not self._booted:
-            return
+        if (self._done is None or self._done.done() or not self._booted
+                or self.relays.current or self.relays.draining):
+            return  # the cheap answers first: this runs at every state change
         # A oneshot that finished counts as settled, except when we shut down.
         settled = DOWN_STATES if self.shutting_down else DOWN_STATES | {State.EXITED}
         if all(r.state in settled for r in self.units.values()) and not any(
-                r.pending_start for r in self.units.values()) and not self.relays.current \
-                and not self.relays.draining:
+                r.pending_start for r in self.units.values()):
             code = self.exit_status()
             self.log.info("manager.exiting", status=code, orphans_reaped=self.orphans_reaped)
             self._done.set_result(code)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import array
 import enum
 import errno as _errno
+import functools
 import os
 import re
 import socket
@@ -127,13 +128,25 @@ def parse(payload: bytes) -> NotifyMessage:
     """Parse one sd_notify payload.
 
     Lines end at ``\\n`` or ``\\r``, empty lines vanish, and a backslash escapes the
-    next byte, exactly as systemd splits them (see :func:`_split_lines`).
+    next byte, exactly as systemd splits them (see :func:`_split_lines`). Short
+    payloads (``READY=1``, ``WATCHDOG=1``...) are on the path of every start and
+    relay and mostly repeat; their messages are frozen, so they are memoised.
 
     Raises:
         NotifyError: with ``TOO_LARGE``, ``NUL``, ``BAD_ESCAPE`` or ``BAD_BARRIER``,
             the cases where systemd drops the whole datagram. Nothing else is raised,
             whatever the bytes.
     """
+    if len(payload) <= _MEMO_MAX:
+        return _parse_short(payload)
+    return _parse(payload)
+
+
+_MEMO_MAX = 64  # bytes: at most 256 such payloads are kept, so about 16 KiB
+
+
+def _parse(payload: bytes) -> NotifyMessage:
+    """:func:`parse` without the memo."""
     if len(payload) > NOTIFY_BUFFER_MAX:
         raise NotifyError(Rejection.TOO_LARGE, f"{len(payload)} bytes")
     nul = payload.find(b"\0")
@@ -178,6 +191,9 @@ def parse(payload: bytes) -> NotifyMessage:
         extra=MappingProxyType(extra),
         raw_keys=tuple(_text(key) for key in first),
     )
+
+
+_parse_short = functools.lru_cache(maxsize=256)(_parse)
 
 
 def validate(payload: bytes, msg_flags: int, pid: int | None, n_fds: int) -> NotifyMessage:

@@ -14,6 +14,7 @@ import errno as errno_mod
 import fcntl
 import os
 import signal
+import sys
 from dataclasses import dataclass, field
 
 from .results import errno_name
@@ -22,6 +23,8 @@ try:  # optional C extension (setup.py): vfork with LISTEN_PID, see _fastspawn.c
     from . import _fastspawn
 except ImportError:  # pragma: no cover - built without a C compiler
     _fastspawn = None  # type: ignore[assignment]
+
+_FS, _FS_ERRORS = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
 
 # Signals whose disposition Python changes (SIGPIPE, SIGXFSZ are ignored by the
 # interpreter; the rest get handlers from asyncio). exec() resets handled signals
@@ -69,12 +72,18 @@ class SpawnError(Exception):
         return 127 if self.errno == errno_mod.ENOENT and self.stage == "exec" else 126
 
 
-def resolve(argv0: str, env: dict[str, str], cwd: str) -> str:
-    """Find the program like execvp does, with the child's PATH; raise SpawnError."""
-    if cwd and not os.path.isdir(cwd):
+def resolve(argv0: str, env: dict[str, str], cwd: str, check: bool = True) -> str:
+    """Find the program like execvp does, with the child's PATH; raise SpawnError.
+
+    ``check=False`` skips the checks of a path with a slash (and of ``cwd``) for a
+    spawner whose child reports the chdir's and the exec's own errno anyway.
+    """
+    if check and cwd and not os.path.isdir(cwd):
         raise SpawnError("chdir", errno_mod.ENOENT, cwd)
     if "/" in argv0:
-        path = argv0 if os.path.isabs(argv0) or not cwd else os.path.join(cwd, argv0)
+        path = argv0 if argv0[0] == "/" or not cwd else os.path.join(cwd, argv0)
+        if not check:
+            return path
         if not os.path.exists(path):
             raise SpawnError("exec", errno_mod.ENOENT, argv0)
         if not os.access(path, os.X_OK) or os.path.isdir(path):
@@ -108,10 +117,10 @@ def spawn(req: SpawnRequest, exact_exec: bool = False) -> int:
     argv[0], or ``exact_exec`` asks for the moment of the exec itself
     (``Type=exec``): those fork and run a little Python before exec.
     """
-    program = resolve(req.argv[0], req.env, req.cwd)
     switches_user = req.uid is not None or req.gid is not None or req.groups is not None
     if _fastspawn is not None and not switches_user:
-        return _vfork_spawn(req, program)
+        return _vfork_spawn(req, resolve(req.argv[0], req.env, req.cwd, check=False))
+    program = resolve(req.argv[0], req.env, req.cwd)
     if (not exact_exec and not switches_user and not req.argv0 and os.path.exists(SHELL)):
         return _posix_spawn(req, program)
     return _fork_exec(req, program)
@@ -161,8 +170,10 @@ def _high_copies(req: SpawnRequest, temps: list[int]) -> list[tuple[int, int]]:
 def _vfork_spawn(req: SpawnRequest, program: str) -> int:
     """The C extension's vfork: no copy of the manager, LISTEN_PID set by the child."""
     assert _fastspawn is not None
-    argv = [os.fsencode(a) for a in ((req.argv0 or program), *req.argv[1:])]
-    env = [os.fsencode(f"{k}={v}") for k, v in req.env.items() if k not in req.pid_env]
+    # str.encode as os.fsencode does it, without its two Python calls per string.
+    argv = [a.encode(_FS, _FS_ERRORS) for a in ((req.argv0 or program), *req.argv[1:])]
+    env = [f"{k}={v}".encode(_FS, _FS_ERRORS) for k, v in req.env.items()
+           if k not in req.pid_env]
     temps: list[int] = []
     try:
         pairs = _high_copies(req, temps)

@@ -179,11 +179,26 @@ _SOCKET = (
 )
 
 
+# libyaml's parser when PyYAML was built with it: a reload re-reads every unit file,
+# and the pure-Python one takes about a millisecond per file. A file libyaml refuses
+# is parsed again by the Python one, whose messages the error lines quote.
+_FAST_LOADER = getattr(yaml, "CSafeLoader", None)
+
+
+def _compose(text: str) -> yaml.Node | None:
+    if _FAST_LOADER is not None:
+        try:
+            return yaml.compose(text, Loader=_FAST_LOADER)
+        except yaml.YAMLError:
+            pass
+    return yaml.compose(text, Loader=yaml.SafeLoader)
+
+
 def load_yaml_unit(text: str, file: str) -> Unit:
     """Parse one YAML unit file's text. Pure: raises UnitError, never anything else."""
     doc = _Doc(file)
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0
