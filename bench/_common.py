@@ -14,6 +14,7 @@ import fcntl
 import os
 import platform
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -199,9 +200,57 @@ def stop(proc: subprocess.Popen[bytes], timeout: float, sig: int = signal.SIGTER
         tree = set()
 
 
+# --------------------------------------------------------------------------- machine
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_busy(interval: float = 1.0) -> float:
+    """Fraction of all CPUs busy (not idle, not iowait) over ``interval`` seconds."""
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + v[4]
+        return sum(v[:8]) - idle, sum(v[:8])
+    b0, t0 = sample()
+    time.sleep(interval)
+    b1, t1 = sample()
+    return (b1 - b0) / max(1, t1 - t0)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.2) -> float:
+    """Wait (at most ``max_wait`` s) until others leave the CPUs mostly idle; return the
+    last busy fraction seen. The machine may be shared: its load is reported, not
+    controlled."""
+    deadline = time.monotonic() + max_wait
+    while True:
+        busy = cpu_busy()
+        if busy < threshold or time.monotonic() >= deadline:
+            return busy
+        print(f"   waiting for a quieter machine (CPUs {busy:.0%} busy)", flush=True)
+
+
 # --------------------------------------------------------------------------- reporting
 def median(values: Iterable[float]) -> float:
     return float(statistics.median(list(values)))
+
+
+def pct(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+    if not sorted_values:
+        return float("nan")
+    k = max(0, min(len(sorted_values) - 1, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[k]
+
+
+def summary(values: Iterable[float]) -> dict[str, float]:
+    """n, median, p90 and max of ``values``."""
+    v = sorted(values)
+    return {"n": len(v), "median": pct(v, 50), "p90": pct(v, 90),
+            "max": v[-1] if v else float("nan")}
 
 
 def tool_version(argv: Sequence[str]) -> str:
