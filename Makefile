@@ -101,6 +101,7 @@ demo: $(STAMP_RUN)
 	@echo "demo: and   curl -d '{\"session\":\"s1\",\"message\":\"hi\"}' http://127.0.0.1:8081/chat"
 	@echo "demo:       (the SRP agent; relay it with: $(VENV)/bin/aeterna --control $(DEMO_CONTROL) reload agent)"
 	@echo "demo: and   $(VENV)/bin/aeterna --control $(DEMO_CONTROL) status"
+	@echo "demo: and   curl http://127.0.0.1:9090/metrics   (Prometheus; also /healthz, /readyz)"
 	@exec $(VENV)/bin/aeterna --control $(DEMO_CONTROL) start -c units/
 
 lint: $(STAMP_TEST)

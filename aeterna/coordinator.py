@@ -48,6 +48,10 @@ class Coordinator:
         self.draining: dict[int, Draining] = {}
         self.last: dict[str, Outcome] = {}
         self.count = 0
+        # Finished relays by (unit, outcome, reason) and SRP handoffs by (unit,
+        # outcome): the counters behind aeterna_relays_total and _srp_handoffs_total.
+        self.outcomes: dict[tuple[str, str, str], int] = {}
+        self.handoffs: dict[tuple[str, str], int] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
     # --------------------------------------------------------------- triggers
@@ -75,6 +79,11 @@ class Coordinator:
     async def _run(self, relay: Relay, fut: asyncio.Future[Outcome]) -> None:
         outcome = await relay.run()
         self.last[relay.name] = outcome
+        key = (relay.name, outcome.outcome, outcome.reason)
+        self.outcomes[key] = self.outcomes.get(key, 0) + 1
+        if outcome.handoff:
+            hkey = (relay.name, outcome.handoff)
+            self.handoffs[hkey] = self.handoffs.get(hkey, 0) + 1
         del self.current[relay.name]
         if not fut.done():
             fut.set_result(outcome)

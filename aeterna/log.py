@@ -14,13 +14,29 @@ from typing import Any, TextIO
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
 
+def log_level(text: str) -> str:
+    """A level name, as unit files give it; ValueError names the choices."""
+    if text not in LEVELS:
+        raise ValueError(f"expected one of {' | '.join(LEVELS)}, got {text!r}")
+    return text
+
+
 class Log:
     def __init__(self, stream: TextIO | None = None, level: str = "info"):
         self.stream = stream or sys.stderr
         self.level = LEVELS.get(level, 20)
+        # observability.log_level of units that set one: it decides for the lines
+        # about that unit (those with unit=NAME) instead of the manager's level.
+        self.unit_levels: dict[str, int] = {}
+
+    def set_unit_levels(self, levels: dict[str, str]) -> None:
+        self.unit_levels = {name: LEVELS[lv] for name, lv in levels.items() if lv}
 
     def _emit(self, level: int, event: str, fields: dict[str, Any]) -> None:
-        if level < self.level:
+        threshold = self.level
+        if self.unit_levels and "unit" in fields:
+            threshold = self.unit_levels.get(fields["unit"], threshold)
+        if level < threshold:
             return
         parts = [f"aeterna: {event}"]
         for key, value in fields.items():

@@ -52,6 +52,7 @@ class Manager:
         for unit in loaded.units:
             self.units[unit.name] = UnitRuntime(unit, self)
         self.order = start_order({n: r.unit for n, r in self.units.items()})
+        log.set_unit_levels({u.name: u.observability.log_level for u in loaded.units})
         self.shutting_down = False
         self.orphans_reaped = 0
         self._done: asyncio.Future[int] | None = None
@@ -65,6 +66,7 @@ class Manager:
         self.relays = Coordinator(self)
         self.srp: dict[str, SrpUnit] = {}
         self._bg: set[asyncio.Task[Any]] = set()
+        self.metrics: dict[str, Any] = {}  # address -> metrics.MetricsServer
         self.base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
 
     # ------------------------------------------------------------------ run
@@ -91,6 +93,7 @@ class Manager:
 
             self._control = ControlServer(self, self.control_path)
             await self._control.start()
+        await self.sync_metrics([r.unit for r in self.units.values()])
         self.log.info("manager.started", pid=os.getpid(), units=len(self.units),
                       control=self.control_path)
         pid1.trim_memory()  # loading and parsing left freed pages behind
@@ -106,6 +109,7 @@ class Manager:
         finally:
             if self._control is not None:
                 await self._control.close()
+            await self.sync_metrics([])
             self._close_resources()
             for sig in (signal.SIGCHLD, *pid1.STOP_SIGNALS, *pid1.FORWARD_SIGNALS,
                         pid1.RELOAD_SIGNAL):
@@ -308,6 +312,25 @@ class Manager:
         """Re-read and validate the unit files (SIGHUP, ``aeterna reload``)."""
         return reloading.reload_all(self, relay)
 
+    async def sync_metrics(self, units: list[Unit]) -> None:
+        """Serve the metrics addresses that ``units`` name, and only those."""
+        if not self.metrics and not any(u.observability.metrics_port for u in units):
+            return  # the HTTP code is loaded only by units that ask for it
+        from . import metrics
+
+        await metrics.sync(self, self.metrics, metrics.addresses(units))
+
+    def observability_changed(self, units: list[Unit]) -> None:
+        """A reload read new unit files: follow their metrics addresses and log levels."""
+        self.log.set_unit_levels({u.name: u.observability.log_level for u in units})
+        self._background(self.sync_metrics(units))
+
+    def _background(self, coro: Any) -> None:
+        """Run ``coro`` on its own, holding a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
     def reload_unit(self, name: str) -> tuple[str, Unit | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error)."""
         return reloading.reload_one(self, name)
@@ -439,9 +462,7 @@ class Manager:
             info = await self.run_helper(runtime, argv, 60.0, "post-process")
             self.log.info("hook.done", unit=runtime.name, hook="post-process",
                           outcome=outcome, result=str(info) if info else "timeout")
-        task = asyncio.ensure_future(run())
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+        self._background(run())
 
     def reread_unit(self, name: str) -> Unit | None:
         """The unit's definition from the files now, or None if they do not validate."""

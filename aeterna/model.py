@@ -257,8 +257,10 @@ class Orchestration:
 
 @dataclass(frozen=True)
 class Observability:
-    metrics_port: str = ""
-    log_level: str = "info"
+    """Where the manager serves metrics, and how much it logs about this unit."""
+
+    metrics_port: str = ""  # a listen address (see sockets.parse_metrics_address); "" = none
+    log_level: str = ""  # "" = the manager's own --log-level
 
 
 @dataclass(frozen=True)

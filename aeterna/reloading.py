@@ -38,6 +38,7 @@ def reload_all(m: Manager, relay: bool = True) -> dict[str, Any]:
         return {"ok": False, "errors": [str(e) for e in exc.errors]}
     new = loaded.by_name()
     old = {n: r.unit for n, r in m.units.items()}
+    m.observability_changed(list(new.values()))
     diff = {
         "added": sorted(set(new) - set(old)),
         "removed": sorted(set(old) - set(new)),

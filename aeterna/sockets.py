@@ -118,6 +118,22 @@ def parse_address(text: str, type: SocketType) -> Address:
     return _parse_inet(text)
 
 
+def parse_metrics_address(text: str) -> str:
+    """``observability.metrics_port``: the listen address to bind, or ValueError.
+
+    An inet stream address as :func:`parse_address` takes it, or Go's ``:PORT``
+    (every interface, which is what a bare ``PORT`` means here too).
+    """
+    listen = text[1:] if re.fullmatch(":" + _PORT, text) else text
+    try:
+        if listen.startswith(("/", "@")):
+            raise ValueError(text)  # a scraper speaks TCP
+        parse_address(listen, SocketType.STREAM)
+    except ValueError:
+        raise ValueError(f"expected PORT, :PORT, IPV4:PORT or [IPV6]:PORT, got {text!r}") from None
+    return listen
+
+
 def _fs_bytes(text: str, limit: int) -> bytes:
     """Encode a path or abstract name as the kernel will see it, within ``limit``."""
     try:

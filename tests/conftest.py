@@ -45,6 +45,40 @@ def can_unshare_pid() -> bool:
     return r.returncode == 0
 
 
+# epoll_wait and epoll_pwait, by architecture (/proc/PID/syscall's first field).
+_EPOLL_WAIT = {"x86_64": {"232", "281"}, "aarch64": {"22"}}
+
+
+def _in_epoll_wait(pid: int) -> bool:
+    import platform
+
+    wanted = _EPOLL_WAIT.get(platform.machine())
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            nr = f.read().split()[0]
+    except (OSError, IndexError):
+        return True  # cannot tell here: measure anyway
+    return wanted is None or nr in wanted
+
+
+def idle_activity(pid: int, window: float) -> tuple[int, float]:
+    """(context switches, CPU seconds) of ``pid`` over ``window`` s, measured from
+    when it sleeps in epoll_wait: going to sleep is itself a context switch, and
+    a log line can reach the test before the manager is back there."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    deadline = time.monotonic() + 5
+    while not _in_epoll_wait(pid):
+        assert time.monotonic() < deadline, "the manager never went to sleep in epoll_wait"
+        time.sleep(0.01)
+    c0, t0 = proc.num_ctx_switches(), proc.cpu_times()
+    time.sleep(window)  # the measurement window itself, not a wait for an event
+    c1, t1 = proc.num_ctx_switches(), proc.cpu_times()
+    return ((c1.voluntary + c1.involuntary) - (c0.voluntary + c0.involuntary),
+            (t1.user + t1.system) - (t0.user + t0.system))
+
+
 class Aeterna:
     """A running manager under test."""
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import idle_activity
 
 PY = sys.executable
 
@@ -250,41 +251,11 @@ def test_sighup_rereads_and_reports_changes_keeping_config_on_error(aeterna: Any
 
 
 def test_idle_manager_makes_no_wakeups(aeterna: Any) -> None:
-    import psutil
-
     m = aeterna({"s.yaml": _unit("s", "sleep 60")})
     m.wait_ready()
     m.wait_line(r"unit\.state unit=s old=waiting new=active")
-    proc = psutil.Process(m.proc.pid)
-    # The log line can reach us before the manager is back in epoll_wait (going
-    # to sleep is itself a context switch): sample only once it sleeps there.
-    deadline = time.monotonic() + 5
-    while not _in_epoll_wait(m.proc.pid):
-        assert time.monotonic() < deadline, "the manager never went to sleep in epoll_wait"
-        time.sleep(0.01)
-    before = proc.num_ctx_switches().voluntary + proc.num_ctx_switches().involuntary
-    cpu0 = proc.cpu_times()
-    time.sleep(2.0)  # the measurement window itself, not a wait for an event
-    after = proc.num_ctx_switches().voluntary + proc.num_ctx_switches().involuntary
-    cpu1 = proc.cpu_times()
-    assert after - before == 0
-    assert (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system) == 0
-
-
-# epoll_wait and epoll_pwait, by architecture (/proc/PID/syscall's first field).
-_EPOLL_WAIT = {"x86_64": {"232", "281"}, "aarch64": {"22"}}
-
-
-def _in_epoll_wait(pid: int) -> bool:
-    import platform
-
-    wanted = _EPOLL_WAIT.get(platform.machine())
-    try:
-        with open(f"/proc/{pid}/syscall") as f:
-            nr = f.read().split()[0]
-    except (OSError, IndexError):
-        return True  # cannot tell here: measure anyway
-    return wanted is None or nr in wanted
+    switches, cpu = idle_activity(m.proc.pid, 2.0)
+    assert switches == 0 and cpu == 0
 
 
 def test_bind_failure_fails_that_unit_only(aeterna: Any) -> None:

@@ -75,6 +75,12 @@ BROKEN = [
     ("bad-log-level", BASE + "observability:\n  log_level: loud\n",
      "u.yaml:5: observability.log_level: expected one of debug | info | warning | error, "
      "found 'loud'"),
+    ("bad-metrics-address", BASE + "observability:\n  metrics_port: localhost:9090\n",
+     "u.yaml:5: observability.metrics_port: expected PORT, :PORT, IPV4:PORT or [IPV6]:PORT, "
+     "found 'localhost:9090'"),
+    ("metrics-on-a-unix-socket", BASE + "observability:\n  metrics_port: /run/m.sock\n",
+     "u.yaml:5: observability.metrics_port: expected PORT, :PORT, IPV4:PORT or [IPV6]:PORT, "
+     "found '/run/m.sock'"),
     ("empty-file", "",
      "u.yaml:1: expected a mapping with a 'service' key, found an empty file"),
     ("top-level-list", "- a\n- b\n",
@@ -107,7 +113,9 @@ def test_seed_example_is_accepted_as_is() -> None:
     assert unit.orchestration.strategy is Strategy.HOT_RELAY
     assert unit.orchestration.canary.enabled and unit.orchestration.canary.soak_time == 30.0
     assert unit.orchestration.state_handoff.socket_path == "/tmp/aeterna_srp.sock"
-    assert unit.observability.metrics_port == ":9090"
+    # Go's ":PORT" (every interface) is stored as the listen address it means.
+    assert unit.observability.metrics_port == "9090"
+    assert unit.observability.log_level == "info"
 
 
 def test_full_service_settings() -> None:

@@ -17,7 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..log import log_level
 from ..model import KillMode, NotifyAccess, RestartPolicy, SocketType, Strategy
+from ..sockets import parse_metrics_address
 from .errors import UnitError, UnitWarning
 from .ini import Entry, SpecifierContext, UnitName, UnitSource, expand_specifiers
 from .systemd_known import IGNORED_SILENTLY, UNIMPLEMENTED, is_unimplemented
@@ -375,5 +377,8 @@ AETERNA: dict[str, tuple[Handler, bool]] = {
     "MaxDraining": (_set(OR, "max_draining", whole_number(1, 1000)), False),
     "OnSuccess": (_exec("OnSuccess"), True),
     "OnFailure": (_exec("OnFailure"), True),
+    # Observability (the YAML unit's observability block).
+    "MetricsAddress": (_set(OR, "metrics_port", parse_metrics_address), False),
+    "LogLevel": (_set(OR, "log_level", log_level), False),
 }
 

@@ -41,6 +41,7 @@ from ..model import (
     Drain,
     Hook,
     ListenSpec,
+    Observability,
     Orchestration,
     Probe,
     ProbeKind,
@@ -313,6 +314,7 @@ class _Loader:
             service = Service(name=d.name.stem, sockets=tuple(listens), depends_on=deps,
                               expand_env=True, **kw)
             units.append(Unit(service=service, orchestration=finish_orchestration(d),
+                              observability=finish_observability(d),
                               source=Source(d.source.path), description=d.description))
         for d in self.drafts.values():
             self.errors.extend(d.errors)
@@ -401,6 +403,13 @@ def finish_socket(d: Draft) -> list[ListenSpec]:
     kw.setdefault("name", d.name.full)  # systemd's default fd name: the unit's file name
     return [ListenSpec(address=addr, type=kind, source=Source(e.file, e.line), **kw)
             for kind, addr, e in d.listens]
+
+
+def finish_observability(d: Draft) -> Observability:
+    """``[X-Aeterna]`` MetricsAddress= and LogLevel=."""
+    o = d.orchestration
+    return Observability(metrics_port=o["metrics_port"][0] if "metrics_port" in o else "",
+                         log_level=o["log_level"][0] if "log_level" in o else "")
 
 
 def finish_orchestration(d: Draft) -> Orchestration:

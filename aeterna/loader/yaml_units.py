@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from ..log import log_level
 from ..model import (
     Backoff,
     Dependency,
@@ -34,6 +35,7 @@ from ..model import (
     Timeouts,
     Unit,
 )
+from ..sockets import parse_metrics_address
 from .durations import parse_bool, parse_duration, parse_signal, parse_size
 from .errors import UnitError
 
@@ -409,11 +411,10 @@ def _observability(doc: _Doc, node: yaml.Node) -> Observability:
     m = doc.mapping(node, p, ("metrics_port", "log_level"))
     kw: dict[str, Any] = {}
     if "metrics_port" in m:
-        kw["metrics_port"] = doc.text(m["metrics_port"][1], f"{p}.metrics_port")
+        kw["metrics_port"] = doc.parsed(m["metrics_port"][1], f"{p}.metrics_port",
+                                        parse_metrics_address,
+                                        "PORT, :PORT, IPV4:PORT or [IPV6]:PORT")
     if "log_level" in m:
-        level = doc.text(m["log_level"][1], f"{p}.log_level")
-        if level not in ("debug", "info", "warning", "error"):
-            raise doc.error(m["log_level"][1], f"{p}.log_level",
-                            "one of debug | info | warning | error")
-        kw["log_level"] = level
+        kw["log_level"] = doc.parsed(m["log_level"][1], f"{p}.log_level", log_level,
+                                     "one of debug | info | warning | error")
     return Observability(**kw)
