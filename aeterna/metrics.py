@@ -6,8 +6,9 @@ Endpoints, GET or HEAD, one request per connection:
   names that logs and ``aeterna status`` use (``state="active"``,
   ``outcome="rolled-back"``, ``reason="probe-failed"``, ``reason="unknown_sender"``).
 - ``/healthz``: 200 while the manager's loop answers (a liveness probe).
-- ``/readyz``: 200 when every unit is up (``active``, ``reloading``, or a oneshot
-  that ``exited``), else 503 listing the others (a readiness probe).
+- ``/readyz``: 200 when every unit is up (``active``, ``reloading``, a oneshot
+  that ``exited``) or ended successfully (``inactive`` with result ``success``:
+  done, or stopped on request), else 503 listing the others (a readiness probe).
 
 The manager serves every address that a unit file names, each with the whole
 manager's metrics: the original design set ``metrics_port`` per service file,
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from .model import ListenSpec
 from .notify import Rejection
+from .results import Result
 from .sockets import SocketError, bind_listener
 from .unit import UP_STATES, State
 
@@ -156,9 +158,11 @@ def _process_families(f: _Families) -> None:
 
 
 def readiness(m: Manager) -> tuple[bool, str]:
-    """(ready, body) for ``/readyz``."""
+    """(ready, body) for ``/readyz``: every unit up, or done and successful (a
+    service that ended with success and no restart, or one stopped on request)."""
     down = [f"{r.name}: {r.state.value}" for n in m.order
-            if (r := m.units[n]).state not in UP_STATES]
+            if (r := m.units[n]).state not in UP_STATES
+            and not (r.state is State.INACTIVE and r.result is Result.SUCCESS)]
     if m.shutting_down:
         down.insert(0, "manager: shutting down")
     return not down, ("ready\n" if not down else "not ready\n" + "\n".join(down) + "\n")

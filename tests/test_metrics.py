@@ -101,16 +101,19 @@ def test_metrics_page_parses_and_matches_status(aeterna: Any) -> None:
 
 def test_health_and_readiness(aeterna: Any) -> None:
     m = aeterna({"a.yaml": SLEEPER.format(name="a") + OBS.format(addr="127.0.0.1:0"),
-                 "b.yaml": "service:\n  name: b\n  command: [sh, -c, 'sleep 1; exit 3']\n"})
+                 "b.yaml": "service:\n  name: b\n  command: [sh, -c, 'sleep 1; exit 3']\n",
+                 "c.yaml": "service:\n  name: c\n  command: ['true']\n"})
     m.wait_ready()
     addr = metrics_address(m)
     assert get(addr, "/healthz")[0] == 200
     m.wait_status("b", lambda s: s["state"] == "active")
     m.wait_status("a", lambda s: s["state"] == "active")
+    # c ran to success and is not restarted: done, not unready.
+    m.wait_status("c", lambda s: s["state"] == "inactive" and s["result"] == "success")
     assert get(addr, "/readyz")[0] == 200
     m.wait_status("b", lambda s: s["state"] == "failed")
     status, _, body = get(addr, "/readyz")
-    assert status == 503 and "b: failed" in body and "a:" not in body
+    assert status == 503 and "b: failed" in body and "a:" not in body and "c:" not in body
     page = samples(get(addr, "/metrics")[2])
     assert value(page, "aeterna_unit_state", unit="b", state="failed") == 1
     assert value(page, "aeterna_unit_info", unit="b", type="simple", strategy="restart",
