@@ -2,7 +2,8 @@
 
 ``reload_all`` is SIGHUP and ``aeterna reload``: every ``hot-relay`` unit is
 relayed to its new definition, other changed units take theirs at their next
-start. ``reload_one`` decides what ``aeterna reload UNIT`` does.
+start, new units are started, and units whose file is gone run until stopped.
+``reload_one`` decides what ``aeterna reload UNIT`` does.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from .loader import load_paths
 from .loader.errors import UnitErrors
 from .model import ServiceType, Strategy, Unit
-from .unit import UP_STATES
+from .unit import DOWN_STATES, UP_STATES
 
 if TYPE_CHECKING:
     from .log import Log
@@ -49,6 +50,13 @@ def reload_all(m: Manager, relay: bool = True) -> dict[str, Any]:
             m.log.info("reload.diff", unit=n, change=key)
     m.log.info("reload.checked", added=len(diff["added"]), removed=len(diff["removed"]),
                   changed=len(diff["changed"]))
+    for name in diff["removed"]:
+        # As systemd does with a unit whose file is gone: it runs until stopped.
+        if m.units[name].state not in DOWN_STATES:
+            m.log.warning("reload.removed-still-running", unit=name,
+                          hint=f"aeterna stop {name}")
+    if diff["added"] and not m.shutting_down:
+        m.add_units([new[n] for n in diff["added"]])
     relayed: list[str] = []
     futures: list[asyncio.Future[Any]] = []
     for name in m.order:

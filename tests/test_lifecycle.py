@@ -248,6 +248,37 @@ def test_sighup_rereads_and_reports_changes_keeping_config_on_error(aeterna: Any
     m.wait_line(r"reload\.rejected", start=mark)
     assert m.status("a")["state"] == "active"
     assert m.status("b")["state"] == "active"  # nothing the user started is lost
+    assert m.status("c")["state"] == "active"  # started by the first reload, kept by this
+
+
+def test_reload_starts_an_added_unit_with_its_socket_and_order(aeterna: Any) -> None:
+    import socket
+
+    m = aeterna({"a.yaml": _unit("a", GRACEFUL, "  timeouts: {stop: 5s}\n"),
+                 "old.yaml": _unit("old", "sleep 60")})
+    m.wait_line(r"^a\[\d+\]: up$")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    units = m.tmp / "units"
+    (units / "b.yaml").write_text(_unit("b", GRACEFUL, (
+        "  timeouts: {stop: 5s}\n  depends_on: [a]\n"
+        f"  sockets: [{{listen: \"127.0.0.1:{port}\", name: http}}]\n")))
+    (units / "old.yaml").unlink()
+    m.signal(signal.SIGHUP)
+    m.wait_line(r"reload\.added unit=b action=start")
+    m.wait_line(r"^b\[\d+\]: up$")
+    assert m.status("b")["state"] == "active"
+    # The manager bound b's socket: connections queue in its backlog.
+    socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    # A unit whose file is gone runs until stopped, as under systemd.
+    m.wait_line(r"reload\.removed-still-running unit=old")
+    assert m.status("old")["state"] == "active"
+    m.signal(signal.SIGTERM)
+    assert m.wait_exit() == 0
+    exited = [re.search(r"unit=(\w+)", x).group(1)  # type: ignore[union-attr]
+              for x in m.matching(r"unit\.exited")]
+    assert exited.index("b") < exited.index("a")  # b depends on a: it stops first
 
 
 def test_idle_manager_makes_no_wakeups(aeterna: Any) -> None:
