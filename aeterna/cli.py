@@ -33,8 +33,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="control socket (default: $AETERNA_CONTROL, /run/aeterna/control.sock "
                         "for root, else under $XDG_RUNTIME_DIR)")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-    s = sub.add_parser("start", help="run the manager in the foreground")
-    s.add_argument("-c", "--config", action="append", required=True, metavar="PATH",
+    s = sub.add_parser("start", help="run the manager in the foreground (-c PATH), or "
+                       "start a unit of a running one (UNIT)")
+    s.add_argument("unit", nargs="?", help="a unit of the running manager to start")
+    s.add_argument("-c", "--config", action="append", metavar="PATH",
                    help="a unit file or a directory of them (repeatable)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     st = sub.add_parser("status", help="show units")
@@ -59,8 +61,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.verb == "validate":
         return _validate(args.paths)
-    if args.verb == "start":
+    if args.verb == "start" and args.unit is None:
+        if not args.config:
+            print("aeterna: start needs -c PATH (a unit file or a directory of them) to run "
+                  "the manager, or UNIT to start a unit of a running one", file=sys.stderr)
+            return EXIT_USAGE
         return _start(args)
+    if args.verb == "start" and args.config:
+        print("aeterna: start takes -c PATH (run the manager) or UNIT (start one), not both",
+              file=sys.stderr)
+        return EXIT_USAGE
     return _client(args)
 
 
@@ -131,7 +141,7 @@ def _client(args: argparse.Namespace) -> int:
     if args.verb == "reload":
         return _print_reload(result)
     print(json.dumps(result))
-    if args.verb in ("stop", "restart") and unit:
+    if args.verb in ("start", "stop", "restart") and unit:
         return EXIT_FAILED if result.get("state") == "failed" else EXIT_OK
     return EXIT_OK
 

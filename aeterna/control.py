@@ -169,6 +169,14 @@ class ControlServer:
             runtime = m.units[unit]
             await m.wait_for(lambda: runtime.state.value in ("inactive", "failed"))
             return {"unit": unit, "state": runtime.state.value, "result": runtime.result.value}
+        if verb == "start":
+            if unit is None:
+                raise ControlError("bad-request", "start needs a unit (the manager itself "
+                                   "runs with: aeterna start -c PATH)")
+            runtime = m.units[unit]
+            await m.wait_for(_start(m, unit))
+            return {"unit": unit, "state": runtime.state.value, "result": runtime.result.value,
+                    "main_pid": runtime.main_pid}
         if verb == "restart":
             if unit is None:
                 raise ControlError("bad-request", "restart needs a unit")
@@ -230,6 +238,20 @@ class ControlServer:
         ok = runtime.state.value in ("active", "exited")
         return {"ok": ok, "unit": unit, "outcome": "restarted" if ok else "failed",
                 "state": runtime.state.value}
+
+
+def _start(m: Manager, unit: str) -> Callable[[], bool]:
+    """``systemctl start``: nothing for a unit that is up or on its way up; else a
+    start (its required dependencies come up first). Returns "it settled"."""
+    from .unit import DOWN_STATES, UP_STATES, State
+
+    runtime = m.units[unit]
+    if runtime.state in UP_STATES:
+        return lambda: True
+    if runtime.state in DOWN_STATES or runtime.state in (State.AUTO_RESTART, State.STOP_PRE,
+                                                         State.STOPPING, State.KILLING):
+        return _restart(m, unit)  # a stopping unit starts again once it is down
+    return lambda: runtime.state in UP_STATES or runtime.state in DOWN_STATES
 
 
 def _restart(m: Manager, unit: str) -> Callable[[], bool]:

@@ -157,6 +157,11 @@ class UnitRuntime(NotifyDriven, ControlCommands):
 
     def _try_deps(self) -> None:
         deps = self.host.deps_state(self)
+        if self.state is not State.WAITING:
+            # deps_state started a required dependency that came up at once and
+            # its DEPS_UP already started us, re-entrantly: starting again would
+            # spawn a second main process and orphan the first.
+            return
         if deps == "up":
             self._spawn()
         elif deps == "failed":

@@ -79,6 +79,32 @@ def test_stop_of_a_required_unit_stops_its_dependents_first(aeterna: Any) -> Non
     assert exited == ["web", "db"]
 
 
+def test_start_verb_is_systemctl_start(aeterna: Any) -> None:
+    m = aeterna({"db.yaml": SLEEPER.format(n="db"),
+                 "web.yaml": SLEEPER.format(n="web") + "  depends_on: [db]\n",
+                 "other.yaml": SLEEPER.format(n="other")})  # the manager runs while one does
+    m.wait_ready()
+    web = m.wait_status("web", lambda s: s["state"] == "active")
+    # Already up: nothing happens, the same process keeps running.
+    r = cli(m, "start", "web")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["main_pid"] == web["main_pid"]
+    assert cli(m, "stop", "db").returncode == 0  # takes web down with it
+    assert m.status("web")["state"] == "inactive"
+    # Starting web brings up db, which it requires, first; the verb waits for both.
+    r = cli(m, "start", "web")
+    assert r.returncode == 0, r.stderr
+    after = json.loads(r.stdout)
+    assert after["state"] == "active" and after["main_pid"] != web["main_pid"]
+    assert m.status("db")["state"] == "active"
+    started = [line.split("unit=")[1].split()[0] for line in m.matching(r"unit\.started")]
+    assert started[-2:] == ["db", "web"], m.output()
+    # Usage errors: neither -c nor a unit, or both.
+    for args in (["start"], ["start", "web", "-c", str(m.tmp / "units")]):
+        r = cli(m, *args)
+        assert r.returncode == 2 and "start" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_failed_restart_exits_nonzero(aeterna: Any, tmp_path: Path) -> None:
     flag = tmp_path / "fail-next"
     unit = ("service:\n  name: f\n  command: [sh, -c, 'test -e "
