@@ -138,9 +138,10 @@ class Manager:
     def _bind_sockets(self) -> None:
         """Bind every unit's sockets once; a failure fails that unit only."""
         for runtime in self.units.values():
-            self._bind_unit(runtime)
+            self.bind_unit(runtime)
 
-    def _bind_unit(self, runtime: UnitRuntime) -> None:
+    def bind_unit(self, runtime: UnitRuntime) -> None:
+        """Bind one unit's sockets (at boot, or when a reload adds it)."""
         assert self.loop is not None
         if runtime.fdstore is not None:
             self.loop.add_reader(runtime.fdstore.epoll_fd(), self._on_fdstore, runtime)
@@ -153,24 +154,6 @@ class Manager:
         for lst in runtime.listeners:
             self.log.info("socket.bound", unit=runtime.name, name=lst.spec.name,
                           address=lst.local_address(), fd=lst.fd)
-
-    def add_units(self, units: list[Unit]) -> None:
-        """A reload found new unit files: bind and start them, as at boot.
-
-        The directories given to ``aeterna start -c`` are what runs; a unit file
-        that appears there is started like the others were (what
-        ``supervisorctl update`` does; systemd would wait for ``systemctl start``).
-        """
-        for unit in units:
-            runtime = self.units[unit.name] = UnitRuntime(unit, self)
-            self._bind_unit(runtime)
-            self.srp_for(runtime, unit)
-        self.order = start_order({n: r.unit for n, r in self.units.items()})
-        for unit in units:
-            runtime = self.units[unit.name]
-            if runtime.state is State.INACTIVE:  # not failed at bind
-                self.log.info("reload.added", unit=unit.name, action="start")
-                runtime.dispatch(Event.START)
 
     def _on_fdstore(self, runtime: UnitRuntime) -> None:
         assert runtime.fdstore is not None

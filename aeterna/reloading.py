@@ -12,10 +12,10 @@ import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .loader import load_paths
+from .loader import load_paths, start_order
 from .loader.errors import UnitErrors
 from .model import ServiceType, Strategy, Unit
-from .unit import DOWN_STATES, UP_STATES
+from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
 
 if TYPE_CHECKING:
     from .log import Log
@@ -56,7 +56,7 @@ def reload_all(m: Manager, relay: bool = True) -> dict[str, Any]:
             m.log.warning("reload.removed-still-running", unit=name,
                           hint=f"aeterna stop {name}")
     if diff["added"] and not m.shutting_down:
-        m.add_units([new[n] for n in diff["added"]])
+        _add_units(m, [new[n] for n in diff["added"]])
     relayed: list[str] = []
     futures: list[asyncio.Future[Any]] = []
     for name in m.order:
@@ -72,6 +72,25 @@ def reload_all(m: Manager, relay: bool = True) -> dict[str, Any]:
             runtime.unit = _keep_sockets(unit, runtime.unit, m.log)
             m.log.info("reload.applied", unit=name, when="next start")
     return {"ok": True, **diff, "relayed": relayed, "_futures": futures}
+
+def _add_units(m: Manager, units: list[Unit]) -> None:
+    """Bind and start the units of new files, as at boot.
+
+    The directories given to ``aeterna start -c`` are what runs: a unit file that
+    appears there starts like the others did (as ``supervisorctl update`` does;
+    systemd would wait for ``systemctl start``).
+    """
+    for unit in units:
+        runtime = m.units[unit.name] = UnitRuntime(unit, m)
+        m.bind_unit(runtime)
+        m.srp_for(runtime, unit)
+    m.order = start_order({n: r.unit for n, r in m.units.items()})
+    for unit in units:
+        runtime = m.units[unit.name]
+        if runtime.state is State.INACTIVE:  # not failed at bind
+            m.log.info("reload.added", unit=unit.name, action="start")
+            runtime.dispatch(Event.START)
+
 
 def reload_one(m: Manager, name: str) -> tuple[str, Unit | None, str]:
     """For ``aeterna reload UNIT``: (action, new definition, error)."""

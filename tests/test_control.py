@@ -105,6 +105,23 @@ def test_start_verb_is_systemctl_start(aeterna: Any) -> None:
         assert r.returncode == 2 and "start" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_start_of_a_chain_starts_each_unit_once(aeterna: Any) -> None:
+    m = aeterna({"a.yaml": SLEEPER.format(n="a"),
+                 "b.yaml": SLEEPER.format(n="b") + "  depends_on: [a]\n",
+                 "c.yaml": SLEEPER.format(n="c") + "  depends_on: [b]\n",
+                 "other.yaml": SLEEPER.format(n="other")})
+    m.wait_ready()
+    m.wait_status("c", lambda s: s["state"] == "active")
+    assert cli(m, "stop", "a").returncode == 0  # c, b, a go down, in that order
+    mark = len(m.lines)
+    r = cli(m, "restart", "c")
+    assert r.returncode == 0, r.stderr
+    started = [line.split("unit=")[1].split()[0] for line in m.lines[mark:]
+               if "unit.started" in line]
+    assert started == ["a", "b", "c"]
+    assert all(m.status(n)["generation"] == 2 for n in "abc")
+
+
 def test_failed_restart_exits_nonzero(aeterna: Any, tmp_path: Path) -> None:
     flag = tmp_path / "fail-next"
     unit = ("service:\n  name: f\n  command: [sh, -c, 'test -e "
