@@ -523,8 +523,14 @@ class Manager:
             return  # the cheap answers first: this runs at every state change
         # A oneshot that finished counts as settled, except when we shut down.
         settled = DOWN_STATES if self.shutting_down else DOWN_STATES | {State.EXITED}
-        if all(r.state in settled for r in self.units.values()) and not any(
-                r.pending_start for r in self.units.values()):
+        units = self.units.values()
+        if not all(r.state in settled for r in units) or any(r.pending_start for r in units):
+            return
+        # Everything ended by itself: exit, as tini does when its child exits. But a
+        # unit held down by `aeterna stop UNIT` is being administered, and `aeterna
+        # start UNIT` must still find a manager (systemd's stays up too).
+        if self.shutting_down or not any(r.stop_requested and r.state in DOWN_STATES
+                                         for r in units):
             code = self.exit_status()
             self.log.info("manager.exiting", status=code, orphans_reaped=self.orphans_reaped)
             self._done.set_result(code)

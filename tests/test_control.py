@@ -105,6 +105,21 @@ def test_start_verb_is_systemctl_start(aeterna: Any) -> None:
         assert r.returncode == 2 and "start" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_stopping_the_last_unit_keeps_the_manager_for_a_start(aeterna: Any) -> None:
+    m = aeterna({"a.yaml": SLEEPER.format(n="a")})
+    m.wait_ready()
+    first = m.wait_status("a", lambda s: s["state"] == "active")
+    assert cli(m, "stop", "a").returncode == 0
+    # Held down on request, not ended by itself: the manager stays (tini-style
+    # exits are for a workload that ends on its own, checked in test_lifecycle).
+    assert m.status("a")["state"] == "inactive" and m.proc.poll() is None
+    r = cli(m, "start", "a")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["main_pid"] != first["main_pid"]
+    assert cli(m, "stop").returncode == 0
+    assert m.wait_exit() == 143  # tini's convention: the only unit's status, 128 + SIGTERM
+
+
 def test_start_of_a_chain_starts_each_unit_once(aeterna: Any) -> None:
     m = aeterna({"a.yaml": SLEEPER.format(n="a"),
                  "b.yaml": SLEEPER.format(n="b") + "  depends_on: [a]\n",
