@@ -11,26 +11,23 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import environment, pid1, reloading
+from . import pid1, reloading
 from .coordinator import Coordinator
 from .loader import LoadResult, load_paths, start_order
 from .loader.errors import UnitErrors
 from .log import Log
-from .model import ServiceType, Unit
+from .model import Unit
 from .notify_endpoint import NotifyEndpoint
-from .output import LineRelay, make_pipe
 from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result, errno_name
 from .sockets import SocketError, bind_listeners, remove_listener
-from .spawn import SpawnError, SpawnRequest, spawn
 
 if TYPE_CHECKING:
-    from .relay import Relay
     from .srp import SrpUnit
 
+from .manager_spawn import Spawning
 from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
 
 # Variables that describe *our* activation and must never leak to a child.
@@ -39,7 +36,7 @@ _PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
                 "AETERNA_CONTROL", "AETERNA_SRP_FD", "AETERNA_UNIT", "AETERNA_GENERATION")
 
 
-class Manager:
+class Manager(Spawning):
     """Owns the units of one ``aeterna start`` and runs them until all have stopped."""
 
     def __init__(self, paths: list[str], loaded: LoadResult, log: Log,
@@ -194,11 +191,6 @@ class Manager:
                 runtime.check_group()
         self.relays.check_groups()
         self.wake_waiters()  # someone may wait for a process group to empty
-
-    def _shares_listeners(self, runtime: UnitRuntime) -> bool:
-        """Is another generation of this unit alive (and so using its listeners)?"""
-        return (runtime.main_pid is not None or runtime.name in self.relays.current
-                or self.relays.draining_count(runtime.name) > 0)
 
     def srp_for(self, runtime: UnitRuntime, unit: Unit) -> SrpUnit | None:
         """The unit's SRP state, created the first time a definition enables it."""
@@ -368,106 +360,6 @@ class Manager:
                 result = "waiting"
         return result
 
-    def spawn_main(self, runtime: UnitRuntime) -> int:
-        """Start the unit's main process (its current definition and generation)."""
-        return self.spawn_process(runtime, runtime.unit, runtime.generation)
-
-    def spawn_control(self, runtime: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int:
-        """An ExecStartPre/Post/Stop/Reload command: the unit's env and MAINPID, no fds."""
-        pid = self.spawn_process(runtime, runtime.unit, runtime.generation, argv, "control",
-                                 extra_env=runtime.control_env(runtime.main_pid), argv0=argv0)
-        self.watch(pid, lambda info: runtime.dispatch(Event.CONTROL_EXITED, info=info))
-        return pid
-
-    def spawn_generation(self, runtime: UnitRuntime, unit: Unit, generation: int,
-                         relay: Relay) -> int:
-        """Start N+1 for a relay, on the unit's sockets, watched by the relay."""
-        pid = self.spawn_process(runtime, unit, generation)
-        self.watch(pid, relay.canary_exited)
-        self.log.info("relay.started", unit=unit.name, pid=pid, generation=generation)
-        return pid
-
-    def spawn_process(self, runtime: UnitRuntime, unit: Unit, generation: int,
-                      argv: tuple[str, ...] | None = None, label: str = "",
-                      extra_env: dict[str, str] | None = None, argv0: str = "") -> int:
-        """Fork/exec with env, identity and output pipes prefixed ``unit[pid]``."""
-        assert self.loop is not None
-        req = self.build_request(runtime, unit, generation)
-        changes: dict[str, Any] = {}  # applied with one dataclasses.replace below
-        srp_child = -1
-        if argv is not None:  # a hook or probe: the unit's environment, no fds
-            # systemd: control processes get NOTIFY_SOCKET only with NotifyAccess=exec|all.
-            access = unit.service.effective_notify_access().value
-            env = {k: v for k, v in req.env.items()
-                   if not k.startswith(("LISTEN_", "WATCHDOG_")) and k != "FDSTORE"
-                   and (k != "NOTIFY_SOCKET" or access in ("exec", "all"))}
-            env.update(extra_env or {})
-            changes.update(argv=argv, pass_fds=(), blocking_fds=frozenset(), pid_env=(),
-                           argv0=argv0, env=env)
-        else:
-            if self._shares_listeners(runtime):
-                # O_NONBLOCK lives on the open file description, which a running
-                # generation shares: clearing it under an app that accepts until
-                # EAGAIN (asyncio, Go, nginx) would block that app in accept().
-                changes["blocking_fds"] = frozenset()
-            srp = self.srp_for(runtime, unit)
-            if srp is not None and unit.orchestration.state_handoff.enabled:
-                # The SRP end goes right after the LISTEN_FDS range (docs/srp.md §2).
-                srp_child = srp.open_channel(generation)
-                target = 3 + len(req.pass_fds)
-                env = dict(req.env, AETERNA_SRP_FD=str(target))
-                if unit.orchestration.state_handoff.socket_path:
-                    env["AETERNA_SRP_SOCKET"] = unit.orchestration.state_handoff.socket_path
-                if unit.orchestration.state_handoff.required:
-                    env["AETERNA_SRP_REQUIRED"] = "1"
-                changes.update(extra_fd=(srp_child, target), env=env)
-        out_r, out_w = make_pipe()
-        err_r, err_w = make_pipe()
-        try:
-            req = environment.with_(req, stdout=out_w, stderr=err_w, **changes)
-            pid = spawn(req, exact_exec=argv is None and unit.service.type is ServiceType.EXEC)
-        except BaseException:
-            for fd in (out_r, err_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(out_w)
-            os.close(err_w)
-            if srp_child >= 0:
-                os.close(srp_child)  # the child has its copy; EOF on ours means it is gone
-        prefix = f"{runtime.name}{'/' + label if label else ''}[{pid}]: "
-        LineRelay(self.loop, out_r, prefix, sys.stdout.buffer)
-        LineRelay(self.loop, err_r, prefix, sys.stderr.buffer)
-        return pid
-
-    async def run_helper(self, runtime: UnitRuntime, argv: tuple[str, ...], timeout: float,
-                         label: str) -> ExitInfo | None:
-        """Run a hook or exec probe to its end; None (and SIGKILL) if it times out."""
-        assert self.loop is not None
-        try:
-            pid = self.spawn_process(runtime, runtime.unit, runtime.generation, argv, label)
-        except (SpawnError, OSError) as exc:
-            self.log.warning("hook.failed", unit=runtime.name, hook=label, error=str(exc))
-            return ExitInfo(code=exc.exit_status if isinstance(exc, SpawnError) else 1)
-        fut: asyncio.Future[ExitInfo] = self.loop.create_future()
-        self.watch(pid, lambda info: None if fut.done() else fut.set_result(info))
-        try:
-            return await asyncio.wait_for(asyncio.shield(fut), timeout)
-        except TimeoutError:
-            pid1.kill_group(pid, signal.SIGKILL)
-            self.log.warning("hook.timeout", unit=runtime.name, hook=label, pid=pid,
-                             timeout=timeout)
-            return None
-
-    def spawn_background_hook(self, runtime: UnitRuntime, argv: tuple[str, ...],
-                              outcome: str) -> None:
-        """post_process hooks: run, log their result, never block the relay."""
-        async def run() -> None:
-            info = await self.run_helper(runtime, argv, 60.0, "post-process")
-            self.log.info("hook.done", unit=runtime.name, hook="post-process",
-                          outcome=outcome, result=str(info) if info else "timeout")
-        self._background(run())
-
     def reread_unit(self, name: str) -> Unit | None:
         """The unit's definition from the files now, or None if they do not validate."""
         try:
@@ -477,10 +369,6 @@ class Manager:
                 self.log.error("reload.invalid", error=str(err))
             return None
         return loaded.by_name().get(name)
-
-    def build_request(self, runtime: UnitRuntime, unit: Unit, generation: int) -> SpawnRequest:
-        return environment.build_request(runtime, unit, generation, self.base_env,
-                                         self.notify.path)
 
     def changed(self, runtime: UnitRuntime) -> None:
         """Every state change: wake waiters, unblock dependents, advance shutdown."""
