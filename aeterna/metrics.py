@@ -39,6 +39,9 @@ if TYPE_CHECKING:
 
 MAX_HEAD = 8192  # bytes of request line and headers
 READ_TIMEOUT = 5.0  # s for a client to send its request
+# Connections served at once; more are closed at once. Idle clients must not be
+# able to use up the manager's fds, which it needs to start processes.
+MAX_CLIENTS = 32
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 _PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -177,6 +180,7 @@ class MetricsServer:
         self.address = address
         self.server: asyncio.AbstractServer | None = None
         self.bound = ""
+        self.clients = 0
 
     async def start(self) -> None:
         """Bind and serve; raises SocketError naming the address and the errno."""
@@ -198,6 +202,16 @@ class MetricsServer:
             self.server = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.clients >= MAX_CLIENTS:
+            writer.transport.abort()
+            return
+        self.clients += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.clients -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
             status, ctype, body, allow_body = self._answer(head)

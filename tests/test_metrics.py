@@ -8,10 +8,12 @@ events.
 from __future__ import annotations
 
 import http.client
+import os
 import re
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +140,34 @@ def test_http_edges(aeterna: Any) -> None:
             assert bad.recv(100).startswith(b"HTTP/1.1 400 ")
         idle.settimeout(10)
         assert idle.recv(100).startswith(b"HTTP/1.1 400 ")  # after its 5 s to speak
+
+
+def test_idle_clients_cannot_use_up_the_managers_fds(aeterna: Any) -> None:
+    m = aeterna({"a.yaml": SLEEPER.format(name="a") + OBS.format(addr="127.0.0.1:0")})
+    m.wait_ready()
+    addr = metrics_address(m)
+    m.wait_status("a", lambda s: s["state"] == "active")
+    fds_before = len(os.listdir(f"/proc/{m.proc.pid}/fd"))
+    idle = [socket.create_connection(addr, timeout=5) for _ in range(200)]
+    try:
+        # The ones over the limit are closed at once; the first ones wait for a request.
+        idle[-1].settimeout(5)
+        assert idle[-1].recv(1) == b""
+        assert len(os.listdir(f"/proc/{m.proc.pid}/fd")) <= fds_before + 40
+        assert m.status("a")["state"] == "active"  # the control socket still answers
+    finally:
+        for s in idle:
+            s.close()
+    # Once they are gone, a scraper is served again.
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if get(addr, "/healthz")[0] == 200:
+                break
+        except (ConnectionError, http.client.HTTPException):
+            pass
+        assert time.monotonic() < deadline, "the endpoint never recovered"
+        time.sleep(0.05)
 
 
 def test_relay_outcomes_are_counted_by_their_cli_names(aeterna: Any, tmp_path: Path) -> None:
