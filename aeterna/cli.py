@@ -159,9 +159,11 @@ def _print_reload(result: dict[str, Any]) -> int:
             print(e, file=sys.stderr)
         print("aeterna: reload rejected; the running configuration is kept", file=sys.stderr)
         return EXIT_FAILED
-    for key in ("added", "removed", "changed"):
+    what = {"added": "added: {} (started)", "removed": "removed: {} (runs until stopped)",
+            "changed": "changed: {}"}
+    for key, text in what.items():
         for n in result.get(key, []):
-            print(f"{key}: {n}")
+            print(text.format(n))
     for relay in result.get("outcomes", []):
         print(_describe_relay(relay))
     return EXIT_OK if result.get("ok", True) else EXIT_FAILED

@@ -142,7 +142,9 @@ class ControlServer:
         unit = request.get("unit")
         m = self.manager
         if unit is not None and unit not in m.units:
-            raise ControlError("not-found", f"no such unit: {unit!r}")
+            hint = (" (a new unit file is read, and started, by 'aeterna reload' without a "
+                    "unit)" if verb in ("reload", "start") else "")
+            raise ControlError("not-found", f"no such unit: {unit!r}{hint}")
         if verb == "ping":
             return {"pid": os.getpid()}
         if verb == "status":

@@ -153,11 +153,27 @@ def test_failed_restart_exits_nonzero(aeterna: Any, tmp_path: Path) -> None:
         assert "failed" in r.stdout or "failed" in r.stderr
 
 
+def test_reload_prints_what_it_did_with_added_and_removed_files(aeterna: Any) -> None:
+    m = aeterna({"a.yaml": SLEEPER.format(n="a"), "gone.yaml": SLEEPER.format(n="gone")})
+    m.wait_ready()
+    m.wait_status("gone", lambda s: s["state"] == "active")
+    units = m.tmp / "units"
+    (units / "b.yaml").write_text(SLEEPER.format(n="b"))
+    (units / "gone.yaml").unlink()
+    r = cli(m, "reload")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["added: b (started)", "removed: gone (runs until stopped)"]
+    m.wait_status("b", lambda s: s["state"] == "active")
+    assert m.status("gone")["state"] == "active"
+
+
 def test_unknown_unit_and_no_manager(aeterna: Any, tmp_path: Path) -> None:
     m = aeterna({"a.yaml": SLEEPER.format(n="a")})
     m.wait_ready()
     r = cli(m, "stop", "nope")
     assert r.returncode == 1 and "no such unit: 'nope'" in r.stderr
+    r = cli(m, "reload", "nope")  # perhaps a file just added: say how it is picked up
+    assert r.returncode == 1 and "'aeterna reload' without a unit" in r.stderr
     r = subprocess.run([*AETERNA, "--control", str(tmp_path / "none.sock"), "status"],
                        capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 3
