@@ -101,8 +101,10 @@ def render(m: Manager) -> str:
     f.family("aeterna_unit_memory_rss_bytes", "gauge",
              "Resident memory of the unit's process tree.",
              (({"unit": n}, u["rss"]) for n, u in usage.items() if "rss" in u))
-    f.family("aeterna_unit_cpu_seconds_total", "counter",
-             "CPU time of the unit's live process tree.",
+    # A gauge, not a counter: the tree's processes come and go (a relay replaces
+    # them all), so the sum can fall, which a counter must never do.
+    f.family("aeterna_unit_cpu_seconds", "gauge",
+             "CPU time used so far by the processes of the unit's tree that are alive.",
              (({"unit": n}, float(u["cpu_seconds"])) for n, u in usage.items() if u))
     roles = ("serving", "canary", "draining")
     gens = {n: [g["role"] for g in m.relays.generations(n)] for n in names}

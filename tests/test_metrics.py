@@ -94,6 +94,7 @@ def test_metrics_page_parses_and_matches_status(aeterna: Any) -> None:
     assert value(page, "aeterna_unit_generation", unit="a") == 1
     assert value(page, "aeterna_unit_restarts_total", unit="a") == 0
     assert value(page, "aeterna_unit_memory_rss_bytes", unit="a") > 0
+    assert value(page, "aeterna_unit_cpu_seconds", unit="a") >= 0
     assert value(page, "aeterna_generations", unit="a", role="serving") == 1
     # Every rejection reason is there from the start (so rate() works), by its log name.
     assert value(page, "aeterna_notify_rejected_total", reason="unknown_sender") == 0
