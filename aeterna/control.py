@@ -250,8 +250,8 @@ def _start(m: Manager, unit: str) -> Callable[[], bool]:
     runtime = m.units[unit]
     if runtime.state in UP_STATES:
         return lambda: True
-    if runtime.state in DOWN_STATES or runtime.state in (State.AUTO_RESTART, State.STOP_PRE,
-                                                         State.STOPPING, State.KILLING):
+    if runtime.state in DOWN_STATES | {State.AUTO_RESTART, State.STOP_PRE, State.STOPPING,
+                                       State.KILLING}:
         return _restart(m, unit)  # a stopping unit starts again once it is down
     return lambda: runtime.state in UP_STATES or runtime.state in DOWN_STATES
 

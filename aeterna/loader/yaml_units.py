@@ -181,18 +181,14 @@ _SOCKET = (
 )
 
 
-def _compose(text: str) -> yaml.Node | None:
-    # The pure-Python parser, on purpose: yaml.CSafeLoader is 15x faster (about
-    # 1 ms less per file at a reload) but touching libyaml's pages costs the
-    # manager 0.2 MiB of RSS for good, and the footprint budget is 20 MiB.
-    return yaml.compose(text, Loader=yaml.SafeLoader)
-
-
 def load_yaml_unit(text: str, file: str) -> Unit:
     """Parse one YAML unit file's text. Pure: raises UnitError, never anything else."""
     doc = _Doc(file)
     try:
-        root = _compose(text)
+        # The pure-Python parser, on purpose: yaml.CSafeLoader is 15x faster (about
+        # 1 ms less per file at a reload) but touching libyaml's pages costs the
+        # manager 0.2 MiB of RSS for good, and the footprint budget is 20 MiB.
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else 0

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 F_ADD_SEALS = getattr(fcntl, "F_ADD_SEALS", 1033)
 F_GET_SEALS = getattr(fcntl, "F_GET_SEALS", 1034)
@@ -85,29 +85,26 @@ def size_of(fd: int) -> int:
     return os.fstat(fd).st_size
 
 
-def read_all(fd: int) -> bytes:
-    """The whole content of a memfd (or any regular file), from offset 0."""
-    size = size_of(fd)
-    parts = []
-    offset = 0
+def _chunks(fd: int) -> Iterator[bytes]:
+    """The content of a memfd (or any regular file) from offset 0, CHUNK bytes at a time."""
+    size, offset = size_of(fd), 0
     while offset < size:
         chunk = os.pread(fd, min(CHUNK, size - offset), offset)
         if not chunk:
-            break
-        parts.append(chunk)
+            return
+        yield chunk
         offset += len(chunk)
-    return b"".join(parts)
+
+
+def read_all(fd: int) -> bytes:
+    """The whole content of a memfd (or any regular file), from offset 0."""
+    return b"".join(_chunks(fd))
 
 
 def sha256_of(fds: Iterable[int]) -> str:
     """``sha256:<hex>`` over the concatenated contents, in order (the CHECKSUM= key)."""
     h = hashlib.sha256()
     for fd in fds:
-        size, offset = size_of(fd), 0
-        while offset < size:
-            chunk = os.pread(fd, min(CHUNK, size - offset), offset)
-            if not chunk:
-                break
+        for chunk in _chunks(fd):
             h.update(chunk)
-            offset += len(chunk)
     return "sha256:" + h.hexdigest()
