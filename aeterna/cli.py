@@ -19,7 +19,7 @@ import asyncio
 from typing import Any
 
 from . import __version__
-from .control import default_path, request
+from .api.server import default_path, request
 from .loader import load_paths
 from .loader.errors import UnitErrors
 from .log import Log
@@ -89,7 +89,7 @@ def _validate(paths: list[str]) -> int:
 
 
 def _start(args: argparse.Namespace) -> int:
-    from .manager import Manager
+    from .manager.manager import Manager
 
     log = Log(level=args.log_level)
     try:
@@ -134,7 +134,7 @@ def _client(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            from .status import render
+            from .api.status import render
 
             print(render(result))
         return EXIT_OK

@@ -1,4 +1,4 @@
-"""Tests for aeterna.notify: the pure parser, authorisation, and a real receiver socket."""
+"""sd_notify (wire.notify, linux.notify_socket): the parser, authorisation, a real socket."""
 
 from __future__ import annotations
 
@@ -22,17 +22,16 @@ import sdnotify
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aeterna.linux.fds import close_fds
+from aeterna.linux.notify_socket import Datagram, NotifyReceiver
 from aeterna.model import NotifyAccess
-from aeterna.notify import (
+from aeterna.wire.notify import (
     NOTIFY_BUFFER_MAX,
-    Datagram,
     NotifyError,
     NotifyMessage,
-    NotifyReceiver,
     Rejection,
     _split_lines,  # private: checked against a port of systemd's loop
     authorise,
-    close_fds,
     parse,
     validate,
 )
@@ -437,7 +436,7 @@ def test_sender_invisible_in_pid_namespace_has_no_credentials(sock_dir: str) -> 
     path = os.path.join(sock_dir, "n")
     script = (
         "import select, sys\n"
-        "from aeterna.notify import NotifyReceiver\n"
+        "from aeterna.linux.notify_socket import NotifyReceiver\n"
         f"with NotifyReceiver({path!r}) as r:\n"
         "    print('bound', flush=True)\n"
         "    select.select([r], [], [], 10)\n"

@@ -3,7 +3,7 @@
 No manager here: real sockets, real memfds and real child processes stand in
 for it. The test plays the manager's end of the SRP socketpair, and checks
 what the SDK sends with the manager's own parser and seal checks
-(``aeterna.srp_wire``). Every wait is bounded.
+(``aeterna.wire.srp``). Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ from typing import Any
 import pytest
 from conftest import ROOT
 
-from aeterna import srp_wire
+from aeterna.linux.memfd import check_state
+from aeterna.wire import srp as srp_wire
 from aeterna_sdk import AeternaClient, StateArena
 from aeterna_sdk import memfd as sdk_memfd
 from aeterna_sdk import wire as sdk_wire
@@ -513,7 +514,7 @@ def test_round_trip_json_and_bytes(obj: Any, fmt: str | None, expected_format: s
     assert msg.get("FORMAT") == expected_format
     assert msg.get("FDKINDS") == "snapshot" and msg.get("FDNAMES") == "state"
     assert msg.get("CHECKSUM").startswith("sha256:")
-    assert srp_wire.check_state(msg, fds, 0) is None  # the manager's own checks pass
+    assert check_state(msg, fds, 0) is None  # the manager's own checks pass
     got, _c, loaded = load_from(msg, fds)
     assert loaded.ok
     assert got == (bytes(obj) if isinstance(obj, (bytes, bytearray)) else obj)
@@ -591,7 +592,7 @@ def test_arena_and_connections_move_without_copies() -> None:
     assert msg.get("FDKINDS") == "snapshot:arena:conn"
     assert "CHECKSUM" not in msg.fields  # an arena is live memory
     assert int(msg.get("SIZE")) == os.fstat(fds[0]).st_size + (1 << 20)
-    assert srp_wire.check_state(msg, fds, 0) is None
+    assert check_state(msg, fds, 0) is None
     assert os.fstat(fds[1]).st_ino == os.fstat(arena.fileno()).st_ino  # the live memfd
     assert wait_until(lambda: a.fileno() == -1)  # handed over: the SDK closed it
     fm.close(c)
@@ -619,7 +620,7 @@ def test_save_context_is_an_unsolicited_checkpoint_with_arena_copies() -> None:
     msg, fds = fm.recv()
     assert msg.verb == "STATE" and msg.ok and msg.seq is None
     assert msg.get("FDKINDS") == "snapshot:arena"
-    assert srp_wire.check_state(msg, fds, 0) is None
+    assert check_state(msg, fds, 0) is None
     assert os.fstat(fds[1]).st_ino != os.fstat(arena.fileno()).st_ino  # a copy
     for fd in fds:
         os.close(fd)

@@ -1,4 +1,4 @@
-"""Tests of aeterna.sockets: real sockets on loopback and in a temporary directory."""
+"""Tests of linux.sockets and wire.address: real sockets on loopback and in a temp dir."""
 
 from __future__ import annotations
 
@@ -19,17 +19,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aeterna.model import ListenSpec, SocketType
-from aeterna.sockets import (
-    Address,
+from aeterna.linux.sockets import (
     Listener,
     SocketError,
     bind_listener,
     bind_listeners,
     describe,
-    parse_address,
     remove_listener,
 )
+from aeterna.model import ListenSpec, SocketType
+from aeterna.wire.address import Address, parse_address
 
 STREAM, DGRAM, SEQPACKET, FIFO = (
     SocketType.STREAM,

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from aeterna import spawn as spawn_mod
-from aeterna.spawn import SpawnError, SpawnRequest, spawn
+from aeterna.linux import spawn as spawn_mod
+from aeterna.linux.spawn import SpawnError, SpawnRequest, spawn
 
 PROBE = r"""
 import json, os, signal, sys
@@ -49,7 +49,7 @@ PATHS = ["vfork", "posix_spawn", "fork"]
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     kind = request.param
     if kind == "vfork" and spawn_mod._fastspawn is None:
-        pytest.skip("the C extension aeterna._fastspawn is not built here")
+        pytest.skip("the C extension aeterna.linux._fastspawn is not built here")
     if kind != "vfork":
         monkeypatch.setattr(spawn_mod, "_fastspawn", None)
     yield kind
@@ -75,7 +75,7 @@ def _run(path: str, tmp: Path, **kw: object) -> dict[str, object]:
 def test_fds_env_session_and_signals(path: str, tmp_path: Path) -> None:
     # The manager's contract: every fd it holds is close-on-exec (it marks the
     # ones it inherited at start); the fast paths rely on it instead of closing.
-    from aeterna.pid1 import no_inherited_fds
+    from aeterna.linux.pid1 import no_inherited_fds
 
     no_inherited_fds()
     lst = socket.socket()

@@ -33,9 +33,9 @@ from conftest import ROOT, Aeterna, write_units
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aeterna import srp_wire
 from aeterna.model import StateHandoff
-from aeterna.srp import SrpUnit
+from aeterna.relay.srp import SrpUnit
+from aeterna.wire import srp as srp_wire
 
 PY = sys.executable
 APPS = ROOT / "tests" / "apps"
@@ -432,7 +432,7 @@ def fd_flags(pid: int, fd: int) -> int:
 def test_starting_n1_leaves_the_blocking_mode_of_ns_listener_alone(aeterna: Any) -> None:
     """O_NONBLOCK lives on the listener's open file description, shared by N, N+1 and
     the manager: starting N+1 must not make N's event-loop listener blocking."""
-    from aeterna.control import request
+    from aeterna.api.server import request
 
     port = free_port()
     m = aeterna({"u.yaml": unit_text([PY, "-c", NONBLOCK_APP], port=port, soak="3s",

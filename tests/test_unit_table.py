@@ -7,9 +7,9 @@ import signal
 import pytest
 
 from aeterna.model import Backoff, RestartPolicy, ServiceType, StartLimit
-from aeterna.policy import StartLimiter, classify_exit, restart_delay, should_restart
 from aeterna.results import ExitInfo, Result
-from aeterna.unit import TRANSITIONS, Event, State, UnitRuntime
+from aeterna.unit.policy import StartLimiter, classify_exit, restart_delay, should_restart
+from aeterna.unit.runtime import TRANSITIONS, Event, State, UnitRuntime
 
 
 def test_every_cell_of_the_table_is_filled_with_a_real_handler() -> None:

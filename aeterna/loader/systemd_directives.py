@@ -19,7 +19,7 @@ from typing import Any
 
 from ..log import log_level
 from ..model import KillMode, NotifyAccess, RestartPolicy, SocketType, Strategy
-from ..sockets import parse_metrics_address
+from ..wire.address import parse_metrics_address
 from .errors import UnitError, UnitWarning
 from .ini import Entry, SpecifierContext, UnitName, UnitSource, expand_specifiers
 from .systemd_known import IGNORED_SILENTLY, UNIMPLEMENTED, is_unimplemented

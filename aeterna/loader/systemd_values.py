@@ -107,7 +107,7 @@ def is_signal(word: str) -> bool:
 def check_address(address: str, kind: SocketType) -> None:
     """Validate with the sockets module's pure parser, the one the binder uses."""
     try:
-        from ..sockets import parse_address
+        from ..wire.address import parse_address
     except ImportError:  # pragma: no cover - only while the package is assembled
         return
     parse_address(address, kind)

@@ -35,7 +35,7 @@ from ..model import (
     Timeouts,
     Unit,
 )
-from ..sockets import parse_metrics_address
+from ..wire.address import parse_metrics_address
 from .durations import parse_bool, parse_duration, parse_signal, parse_size
 from .errors import UnitError
 
@@ -385,7 +385,7 @@ def check_address(doc: _Doc, node: yaml.Node, path: str, address: str,
                   type_: SocketType) -> None:
     """Validate a listen address with the sockets module's pure parser."""
     try:
-        from ..sockets import parse_address
+        from ..wire.address import parse_address
     except ImportError:  # pragma: no cover - during bootstrap only
         return
     try:

@@ -17,16 +17,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from . import pid1
-from .fdstore import FdStore
-from .model import KillMode, NotifyAccess, ServiceType, Unit
+from ..linux import proc
+from ..linux.fdstore import FdStore
+from ..linux.sockets import Listener
+from ..linux.spawn import SpawnError
+from ..model import KillMode, NotifyAccess, ServiceType, Unit
+from ..results import ExitInfo, Result, errno_name
+from .commands import ControlCommands
 from .policy import StartLimiter, classify_exit, restart_delay, should_restart
-from .results import ExitInfo, Result, errno_name
-from .sockets import Listener
-from .spawn import SpawnError
-from .unit_control import ControlCommands
-from .unit_notify import NotifyDriven
-from .unit_table import (
+from .states import (
     DOWN_STATES,
     KILL_TIMEOUT,
     RUNNING_STATES,
@@ -35,6 +34,7 @@ from .unit_table import (
     Event,
     State,
 )
+from .watchdog import NotifyDriven
 
 __all__ = ["DOWN_STATES", "RUNNING_STATES", "TRANSITIONS", "UP_STATES", "Event", "Host",
            "State", "UnitRuntime"]
@@ -335,8 +335,8 @@ class UnitRuntime(NotifyDriven, ControlCommands):
         """The main process is gone; tell what is left of its group to go too."""
         if self.pgid is not None and self.unit.service.kill_mode in (
                 KillMode.CONTROL_GROUP, KillMode.MIXED):
-            if pid1.kill_group(self.pgid, self.unit.service.stop_signal):
-                pid1.kill_group(self.pgid, signal.SIGCONT)
+            if proc.kill_group(self.pgid, self.unit.service.stop_signal):
+                proc.kill_group(self.pgid, signal.SIGCONT)
 
     def _after_exit(self) -> None:
         """Decide between restarting, inactive and failed after a run ended."""
@@ -391,13 +391,13 @@ class UnitRuntime(NotifyDriven, ControlCommands):
             return
         group = mode is KillMode.CONTROL_GROUP or (mode is KillMode.MIXED and not first)
         if group and self.pgid is not None:
-            pid1.kill_group(self.pgid, sig)
+            proc.kill_group(self.pgid, sig)
             if sig != signal.SIGKILL:
-                pid1.kill_group(self.pgid, signal.SIGCONT)
+                proc.kill_group(self.pgid, signal.SIGCONT)
         elif self.main_pid is not None:
-            pid1.kill_pid(self.main_pid, sig)
+            proc.kill_pid(self.main_pid, sig)
             if sig != signal.SIGKILL:
-                pid1.kill_pid(self.main_pid, signal.SIGCONT)
+                proc.kill_pid(self.main_pid, signal.SIGCONT)
 
     def stopping_exited(self, info: ExitInfo) -> None:
         """The main process is gone; the unit is down once its group is empty too."""
@@ -405,7 +405,7 @@ class UnitRuntime(NotifyDriven, ControlCommands):
         self.main_pid = None
         self.host.info("unit.exited", unit=self.name, how=str(info))
         if self.unit.service.kill_mode is KillMode.MIXED and self.pgid is not None:
-            pid1.kill_group(self.pgid, signal.SIGKILL)
+            proc.kill_group(self.pgid, signal.SIGKILL)
         self.check_group()
 
     def check_group(self) -> None:
@@ -414,7 +414,7 @@ class UnitRuntime(NotifyDriven, ControlCommands):
             return
         mode = self.unit.service.kill_mode
         if (mode in (KillMode.PROCESS, KillMode.NONE) or self.pgid is None
-                or not pid1.kill_group(self.pgid, 0)):
+                or not proc.kill_group(self.pgid, 0)):
             self.dispatch(Event.GROUP_EMPTY)
 
     def stopping_group_empty(self) -> None:
@@ -438,9 +438,9 @@ class UnitRuntime(NotifyDriven, ControlCommands):
         self._set_state(State.KILLING)
         if self.unit.service.kill_mode is not KillMode.NONE:
             if self.pgid is not None and self.unit.service.kill_mode is not KillMode.PROCESS:
-                pid1.kill_group(self.pgid, signal.SIGKILL)
+                proc.kill_group(self.pgid, signal.SIGKILL)
             elif self.main_pid is not None:
-                pid1.kill_pid(self.main_pid, signal.SIGKILL)
+                proc.kill_pid(self.main_pid, signal.SIGKILL)
         self._arm(KILL_TIMEOUT, Event.TIMEOUT)
 
     def killing_timeout(self) -> None:

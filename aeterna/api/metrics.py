@@ -28,14 +28,14 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .model import ListenSpec
-from .notify import Rejection
-from .results import Result
-from .sockets import SocketError, bind_listener
-from .unit import UP_STATES, State
+from ..linux.sockets import SocketError, bind_listener
+from ..model import ListenSpec
+from ..results import Result
+from ..unit.runtime import UP_STATES, State
+from ..wire.notify import Rejection
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from ..manager.manager import Manager
 
 MAX_HEAD = 8192  # bytes of request line and headers
 READ_TIMEOUT = 5.0  # s for a client to send its request

@@ -15,12 +15,14 @@ import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from .model import NotifyAccess
-from .notify import Datagram, NotifyMessage, NotifyReceiver, Rejection, authorise, close_fds
-from .unit import Event
+from ..linux.fds import close_fds
+from ..linux.notify_socket import Datagram, NotifyReceiver
+from ..model import NotifyAccess
+from ..unit.runtime import Event
+from ..wire.notify import NotifyMessage, Rejection, authorise
 
 if TYPE_CHECKING:
-    from .log import Log
+    from ..log import Log
 
 # Bound on datagrams handled per wake-up, so a flood cannot starve the loop.
 _BATCH = 256

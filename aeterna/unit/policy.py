@@ -10,8 +10,8 @@ from __future__ import annotations
 import signal
 from collections import deque
 
-from .model import Backoff, RestartPolicy, ServiceType, StartLimit
-from .results import ExitInfo, Result
+from ..model import Backoff, RestartPolicy, ServiceType, StartLimit
+from ..results import ExitInfo, Result
 
 _CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal.SIGPIPE})
 

@@ -1,9 +1,6 @@
-"""PID 1 duties: reap every child, become a subreaper, and pick signals to forward.
+"""PID 1 duties: become a subreaper, pick the signals to forward, keep fds and memory tidy.
 
-There is one reaper in the whole manager: ``reap()`` loops ``waitpid(-1, WNOHANG)``
-until nothing is left, and the manager dispatches each status by pid. Orphans
-re-parented to us (as PID 1, or as a child subreaper) come back through the same
-loop and are simply counted.
+The reaper itself is :func:`aeterna.linux.proc.reap`.
 """
 
 from __future__ import annotations
@@ -12,30 +9,12 @@ import ctypes
 import os
 import signal
 
-from .results import ExitInfo
-
 PR_SET_CHILD_SUBREAPER = 36
 
 # Signals that stop the manager, that it forwards to main processes, and reload.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
 FORWARD_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 RELOAD_SIGNAL = signal.SIGHUP
-
-
-def reap() -> list[tuple[int, ExitInfo]]:
-    """Collect every exited child, orphans included; never blocks."""
-    out: list[tuple[int, ExitInfo]] = []
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            break
-        except InterruptedError:  # pragma: no cover - PEP 475 retries for us
-            continue
-        if pid == 0:
-            break
-        out.append((pid, ExitInfo.from_status(status)))
-    return out
 
 
 def is_pid1() -> bool:
@@ -54,25 +33,6 @@ def set_subreaper() -> bool:
         libc = ctypes.CDLL(None, use_errno=True)
         return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
     except (OSError, AttributeError):  # pragma: no cover - non-Linux
-        return False
-
-
-def kill_group(pgid: int, sig: int) -> bool:
-    """Signal a process group; False if it no longer exists."""
-    try:
-        os.killpg(pgid, sig)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return False
-
-
-def kill_pid(pid: int, sig: int) -> bool:
-    try:
-        os.kill(pid, sig)
-        return True
-    except (ProcessLookupError, PermissionError):
         return False
 
 
@@ -98,12 +58,3 @@ def no_inherited_fds() -> None:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass  # the fd of the listdir itself, closed meanwhile
-
-
-def parent_of(pid: int) -> int | None:
-    """The parent pid of ``pid`` from /proc/PID/stat, or None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return int(f.read().rsplit(b")", 1)[1].split()[1])
-    except (OSError, ValueError, IndexError):
-        return None

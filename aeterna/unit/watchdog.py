@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import pid1
-from .model import NotifyAccess, ServiceType, Unit
-from .results import Result
-from .unit_table import RUNNING_STATES, Event, State
+from ..linux import proc
+from ..model import NotifyAccess, ServiceType, Unit
+from ..results import Result
+from .states import RUNNING_STATES, Event, State
 
 if TYPE_CHECKING:
-    from .unit import Host
+    from .runtime import Host
 
 
 class NotifyDriven:
@@ -121,7 +121,7 @@ class NotifyDriven:
         self.reload_seen = False
         self._set_state(State.RELOADING)
         if self.main_pid is not None:
-            pid1.kill_pid(self.main_pid, svc.reload_signal)
+            proc.kill_pid(self.main_pid, svc.reload_signal)
         self._arm(svc.timeouts.start, Event.TIMEOUT)
 
     def _reload_failed(self) -> None:

@@ -15,19 +15,20 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-from . import environment, pid1
-from .model import ServiceType, Unit
-from .output import LineRelay, make_pipe
-from .results import ExitInfo
-from .spawn import SpawnError, SpawnRequest, spawn
-from .unit import Event, UnitRuntime
+from ..linux import proc
+from ..linux.output import LineRelay, make_pipe
+from ..linux.spawn import SpawnError, SpawnRequest, spawn
+from ..model import ServiceType, Unit
+from ..results import ExitInfo
+from ..unit.runtime import Event, UnitRuntime
+from . import environment
 
 if TYPE_CHECKING:
-    from .coordinator import Coordinator
-    from .log import Log
+    from ..log import Log
+    from ..relay.coordinator import Coordinator
+    from ..relay.relay import Relay
+    from ..relay.srp import SrpUnit
     from .notify_endpoint import NotifyEndpoint
-    from .relay import Relay
-    from .srp import SrpUnit
 
 
 class Spawning:
@@ -134,7 +135,7 @@ class Spawning:
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
-            pid1.kill_group(pid, signal.SIGKILL)
+            proc.kill_group(pid, signal.SIGKILL)
             self.log.warning("hook.timeout", unit=runtime.name, hook=label, pid=pid,
                              timeout=timeout)
             return None

@@ -194,7 +194,7 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "aeterna._fastspawn",
+    PyModuleDef_HEAD_INIT, "aeterna.linux._fastspawn",
     "vfork/exec with the child's pid in its environment (LISTEN_PID).", -1, methods,
     NULL, NULL, NULL, NULL,
 };

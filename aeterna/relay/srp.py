@@ -15,21 +15,15 @@ import socket
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .srp_wire import (
-    SrpError,
-    SrpMessage,
-    check_state,
-    close_all,
-    format_message,
-    parse,
-    recv_record,
-    state_fields,
-)
+from ..linux.fds import close_fds as close_all
+from ..linux.fds import recv_record
+from ..linux.memfd import check_state
+from ..wire.srp import SrpError, SrpMessage, format_message, parse, state_fields
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from ..manager.manager import Manager
+    from ..unit.runtime import UnitRuntime
     from .relay import Relay
-    from .unit import UnitRuntime
 
 Reply = tuple[SrpMessage, list[int]]
 
@@ -383,7 +377,7 @@ class SrpUnit:
             except (ValueError, KeyError, TypeError):
                 self.m.log.warning("srp.persisted-unreadable", unit=self.runtime.name)
                 return
-            from .memfd import sealed_from_file
+            from ..linux.memfd import sealed_from_file
 
             kinds = [k for k in fields.get("FDKINDS", "").split(":") if k != "conn"]
             fds = [sealed_from_file(f, size, kind) for size, kind in zip(sizes, kinds,

@@ -12,9 +12,9 @@ import asyncio
 import socket
 from collections.abc import Awaitable, Callable
 
-from . import sockowner
-from .model import Canary, Probe, ProbeKind
-from .results import ExitInfo
+from ..linux import sockowner
+from ..model import Canary, Probe, ProbeKind
+from ..results import ExitInfo
 
 # Runs a command for an exec probe: (argv, timeout) -> ExitInfo, or None on timeout.
 ExecRunner = Callable[[tuple[str, ...], float], Awaitable[ExitInfo | None]]

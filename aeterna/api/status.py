@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .unit import UnitRuntime
+    from ..unit.runtime import UnitRuntime
 
 
 def collect(runtime: UnitRuntime) -> dict[str, Any]:

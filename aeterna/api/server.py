@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .manager import Manager
+    from ..manager.manager import Manager
 
 PROTOCOL_VERSION = 1
 MAX_REQUEST = 64 * 1024
@@ -222,7 +222,7 @@ class ControlServer:
                 raise ControlError("bad-state", f"{unit} is {runtime.state.value}, "
                                    "not active: nothing to reload")
             before = runtime.reloads
-            from .unit import Event
+            from ..unit.runtime import Event
 
             runtime.dispatch(Event.RELOAD)
             if no_block:
@@ -245,7 +245,7 @@ class ControlServer:
 def _start(m: Manager, unit: str) -> Callable[[], bool]:
     """``systemctl start``: nothing for a unit that is up or on its way up; else a
     start (its required dependencies come up first). Returns "it settled"."""
-    from .unit import DOWN_STATES, UP_STATES, State
+    from ..unit.runtime import DOWN_STATES, UP_STATES, State
 
     runtime = m.units[unit]
     if runtime.state in UP_STATES:

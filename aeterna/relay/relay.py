@@ -20,16 +20,16 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from . import pid1
-from .model import NotifyAccess, ServiceType, Unit
+from ..linux import proc
+from ..linux.spawn import SpawnError
+from ..model import NotifyAccess, ServiceType, Unit
+from ..results import ExitInfo
+from ..unit.runtime import Event
 from .probes import ResourceWatch, check
-from .results import ExitInfo
-from .spawn import SpawnError
-from .unit import Event
 
 if TYPE_CHECKING:
-    from .manager import Manager
-    from .unit import UnitRuntime
+    from ..manager.manager import Manager
+    from ..unit.runtime import UnitRuntime
 
 
 class Phase(enum.Enum):
@@ -314,14 +314,14 @@ class Relay:
             return
         svc = self.unit.service
         def gone() -> bool:
-            return not pid1.kill_group(pgid, 0) and (self._exited is None
+            return not proc.kill_group(pgid, 0) and (self._exited is None
                                                      or self._exited.done())
 
         if not gone():
-            pid1.kill_group(pgid, svc.stop_signal)
-            pid1.kill_group(pgid, signal.SIGCONT)
+            proc.kill_group(pgid, svc.stop_signal)
+            proc.kill_group(pgid, signal.SIGCONT)
             if not await self.m.wait_for(gone, svc.timeouts.stop):
-                pid1.kill_group(pgid, signal.SIGKILL)
+                proc.kill_group(pgid, signal.SIGKILL)
                 if not await self.m.wait_for(gone, 5.0):
                     self.m.log.warning("relay.canary-abandoned", unit=self.name,
                                        pid=self.main_pid)

@@ -17,7 +17,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 
-from .results import errno_name
+from ..results import errno_name
 
 try:  # optional C extension (setup.py): vfork with LISTEN_PID, see _fastspawn.c
     from . import _fastspawn

@@ -12,13 +12,13 @@ import asyncio
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from .loader import load_paths, start_order
-from .loader.errors import UnitErrors
-from .model import ServiceType, Strategy, Unit
-from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
+from ..loader import load_paths, start_order
+from ..loader.errors import UnitErrors
+from ..model import ServiceType, Strategy, Unit
+from ..unit.runtime import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
 
 if TYPE_CHECKING:
-    from .log import Log
+    from ..log import Log
     from .manager import Manager
 
 

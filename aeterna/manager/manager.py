@@ -14,21 +14,22 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import pid1, reloading
-from .coordinator import Coordinator
-from .loader import LoadResult, load_paths, start_order
-from .loader.errors import UnitErrors
-from .log import Log
-from .model import Unit
+from ..linux import pid1, proc
+from ..linux.sockets import SocketError, bind_listeners, remove_listener
+from ..loader import LoadResult, load_paths, start_order
+from ..loader.errors import UnitErrors
+from ..log import Log
+from ..model import Unit
+from ..relay.coordinator import Coordinator
+from ..results import EXIT_FAILED, EXIT_OK, ExitInfo, Result, errno_name
+from . import daemon_reload as reloading
 from .notify_endpoint import NotifyEndpoint
-from .results import EXIT_FAILED, EXIT_OK, ExitInfo, Result, errno_name
-from .sockets import SocketError, bind_listeners, remove_listener
 
 if TYPE_CHECKING:
-    from .srp import SrpUnit
+    from ..relay.srp import SrpUnit
 
-from .manager_spawn import Spawning
-from .unit import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
+from ..unit.runtime import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
+from .spawner import Spawning
 
 # Variables that describe *our* activation and must never leak to a child.
 _PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
@@ -86,7 +87,7 @@ class Manager(Spawning):
         for runtime in self.units.values():
             self.srp_for(runtime, runtime.unit)
         if self.control_path:
-            from .control import ControlServer
+            from ..api.server import ControlServer
 
             self._control = ControlServer(self, self.control_path)
             await self._control.start()
@@ -177,7 +178,7 @@ class Manager(Spawning):
         # longer maps to its unit (and may even be reused).
         self.notify.drain(self.notify_targets())
         by_pid = {r.main_pid: r for r in self.units.values() if r.main_pid is not None}
-        for pid, info in pid1.reap():
+        for pid, info in proc.reap():
             runtime = by_pid.pop(pid, None)
             callback = self.watched.pop(pid, None)
             if runtime is not None:
@@ -197,7 +198,7 @@ class Manager(Spawning):
         if not unit.orchestration.state_handoff.enabled:
             return self.srp.get(runtime.name)
         if runtime.name not in self.srp:
-            from . import srp as srp_module  # loaded only by units that use SRP
+            from ..relay import srp as srp_module  # loaded only by units that use SRP
 
             self.srp[runtime.name] = srp_module.SrpUnit(self, runtime)
         return self.srp[runtime.name]
@@ -212,7 +213,7 @@ class Manager(Spawning):
         cgroup empties. A pidfd gets readable when the process exits, whoever
         its parent is; we then treat the exit as clean (its status is not ours).
         """
-        if pid1.parent_of(pid) == os.getpid():
+        if proc.parent_of(pid) == os.getpid():
             return  # our child (an adopted orphan): the reaper reports it
         try:
             fd = os.pidfd_open(pid)
@@ -246,7 +247,7 @@ class Manager(Spawning):
     def _forward(self, sig: int) -> None:
         for runtime in self.units.values():
             if runtime.main_pid is not None:
-                pid1.kill_pid(runtime.main_pid, sig)
+                proc.kill_pid(runtime.main_pid, sig)
         self.log.info("manager.signal", signal=signal.Signals(sig).name, action="forwarded")
 
     def _on_sighup(self) -> None:
@@ -312,7 +313,7 @@ class Manager(Spawning):
         """Serve the metrics addresses that ``units`` name, and only those."""
         if not self.metrics and not any(u.observability.metrics_port for u in units):
             return  # the HTTP code is loaded only by units that ask for it
-        from . import metrics
+        from ..api import metrics
 
         await metrics.sync(self, self.metrics, metrics.addresses(units))
 

@@ -15,11 +15,11 @@ import signal
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from . import pid1
+from ..linux import proc
 
 if TYPE_CHECKING:
-    from .manager import Manager
-    from .model import Unit
+    from ..manager.manager import Manager
+    from ..model import Unit
     from .relay import Outcome, Relay
 
 
@@ -132,10 +132,10 @@ class Coordinator:
         # The signal first, the log line after: N+1 is already serving, and every
         # moment N keeps accepting from the shared queue is a moment it must drain.
         if unit.service.kill_mode.value in ("process", "mixed"):
-            pid1.kill_pid(pid, drain.signal)
+            proc.kill_pid(pid, drain.signal)
         else:
-            pid1.kill_group(pgid, drain.signal)
-            pid1.kill_group(pgid, signal.SIGCONT)
+            proc.kill_group(pgid, drain.signal)
+            proc.kill_group(pgid, signal.SIGCONT)
         self.m.log.info("relay.drain", unit=unit.name, pid=pid, generation=generation,
                         signal=drain.signal.name, timeout=drain.timeout)
         assert self.m.loop is not None
@@ -144,7 +144,7 @@ class Coordinator:
     def _drain_timeout(self, d: Draining) -> None:
         d.timer = None
         self.m.log.warning("relay.drain-timeout", unit=d.unit, pid=d.pid, action="SIGKILL")
-        pid1.kill_group(d.pgid, signal.SIGKILL)
+        proc.kill_group(d.pgid, signal.SIGKILL)
 
     def _drained_main(self, d: Draining, info: Any) -> None:
         d.main_gone = True
@@ -155,7 +155,7 @@ class Coordinator:
     def check_groups(self) -> None:
         """After reaping: a draining generation is done once its whole group is gone."""
         for pid, d in list(self.draining.items()):
-            if d.main_gone and not pid1.kill_group(d.pgid, 0):
+            if d.main_gone and not proc.kill_group(d.pgid, 0):
                 if d.timer is not None:
                     d.timer.cancel()
                 del self.draining[pid]
@@ -190,7 +190,7 @@ class Coordinator:
     def stop_all(self) -> None:
         """Shutdown: kill what is still draining."""
         for d in self.draining.values():
-            pid1.kill_group(d.pgid, signal.SIGKILL)
+            proc.kill_group(d.pgid, signal.SIGKILL)
 
     def abort_all(self) -> None:
         """Shutdown: every running relay rolls back (its canary is stopped)."""

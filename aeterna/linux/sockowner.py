@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import socket
 
-from .pid1 import parent_of
+from .proc import parent_of
 
 
 def _hex_addr(family: int, host: str, port: int) -> str:

@@ -12,15 +12,15 @@ import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import pid1
-from .loader.systemd_words import ExecCommand
-from .model import Unit
-from .results import ExitInfo, Result
-from .spawn import SpawnError
-from .unit_table import Event, State
+from ..linux import proc
+from ..linux.spawn import SpawnError
+from ..loader.systemd_words import ExecCommand
+from ..model import Unit
+from ..results import ExitInfo, Result
+from .states import Event, State
 
 if TYPE_CHECKING:
-    from .unit import Host
+    from .runtime import Host
 
 
 class ControlCommands:
@@ -98,7 +98,7 @@ class ControlCommands:
 
     def _kill_control(self) -> None:
         if self.control_pid is not None:
-            pid1.kill_group(self.control_pid, signal.SIGKILL)
+            proc.kill_group(self.control_pid, signal.SIGKILL)
             self.control_pid = None
 
     def control_env(self, main_pid: int | None) -> dict[str, Any]:

@@ -11,12 +11,12 @@ import os
 import pwd
 from typing import TYPE_CHECKING, Any
 
-from .model import Unit
+from ..linux.spawn import SpawnRequest
+from ..model import Unit
 from .notify_endpoint import wants_notify_socket
-from .spawn import SpawnRequest
 
 if TYPE_CHECKING:
-    from .unit import UnitRuntime
+    from ..unit.runtime import UnitRuntime
 
 
 def build_request(runtime: UnitRuntime, unit: Unit, generation: int, base_env: dict[str, str],
@@ -65,7 +65,7 @@ def build_request(runtime: UnitRuntime, unit: Unit, generation: int, base_env: d
             groups = (gid,)
     argv = svc.command
     if svc.expand_env:
-        from .loader.systemd_words import expand_exec_env
+        from ..loader.systemd_words import expand_exec_env
 
         argv = expand_exec_env(argv, env)
         if not argv:
