@@ -16,10 +16,11 @@ sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
 
 import argparse
 import asyncio
+import os
 from typing import Any
 
 from . import __version__
-from .api.server import default_path, request
+from .api.client import default_path, request
 from .loader import load_paths
 from .loader.errors import UnitErrors
 from .log import Log
@@ -100,8 +101,11 @@ def _start(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     for w in loaded.warnings:
         log.warning("unit.warning", warning=str(w))
+    from .api.surfaces import Surfaces
+
     control = args.control or default_path()
-    manager = Manager(list(args.config), loaded, log, control_path=control)
+    manager = Manager(list(args.config), loaded, log, runtime_dir=os.path.dirname(control))
+    manager.surfaces = Surfaces(manager, control)
     try:
         return asyncio.run(manager.run())
     except OSError as exc:

@@ -264,7 +264,7 @@ class Observability:
 
 
 @dataclass(frozen=True)
-class Unit:
+class UnitSpec:
     """A service, its sockets and its orchestration settings."""
 
     service: Service

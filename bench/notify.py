@@ -323,7 +323,7 @@ class Harness:
 
     def status_text(self) -> str | None:
         sys.path.insert(0, str(c.REPO))
-        from aeterna.api.server import request
+        from aeterna.api.client import request
 
         reply = request(str(self.tmp / "aeterna.sock"), "status", "blaster", timeout=10)
         return str(reply["result"]["units"][0]["status_text"]) if reply.get("ok") else None

@@ -82,7 +82,7 @@ sys.path.insert(0, str(c.REPO))
 
 import relay_overhead  # noqa: E402
 
-from aeterna.api.server import request  # noqa: E402
+from aeterna.api.client import request  # noqa: E402
 
 SECTION = "Hot relay"
 BENCH = Path(__file__).resolve().parent

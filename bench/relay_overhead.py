@@ -35,7 +35,7 @@ from typing import Any
 
 import _common as c
 
-from aeterna.api.server import request
+from aeterna.api.client import request
 
 GOAL_OVERHEAD_MS = 1.0
 PACE_S = 0.01  # idle between relays, after N is gone

@@ -61,7 +61,7 @@ import _common as c  # noqa: E402
 
 sys.path.insert(0, str(c.REPO))
 
-from aeterna.api.server import request  # noqa: E402
+from aeterna.api.client import request  # noqa: E402
 
 SECTION = "SRP handoff"
 BENCH = Path(__file__).resolve().parent

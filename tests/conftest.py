@@ -25,7 +25,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from aeterna.api.server import request  # noqa: E402
+from aeterna.api.client import request  # noqa: E402
 
 AETERNA = [sys.executable, "-m", "aeterna.cli"]
 

@@ -48,7 +48,7 @@ def test_failing_start_pre_keeps_the_main_process_from_starting(aeterna: Any,
         ExecStart=/bin/sleep 60
         """)
     m = aeterna([d])
-    m.wait_line(r"unit\.control-failed unit=app state=start-pre")
+    m.wait_line(r"unit.command-failed unit=app state=start-pre")
     assert m.wait_exit() == 1
     assert m.count(r"unit\.started unit=app") == 0
 

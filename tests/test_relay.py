@@ -33,7 +33,7 @@ import pytest
 from conftest import AETERNA, ROOT
 from loadgen import LoadGen, Summary
 
-from aeterna.api.server import request
+from aeterna.api.client import request
 
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 APPS = ROOT / "tests" / "apps"

@@ -432,7 +432,7 @@ def fd_flags(pid: int, fd: int) -> int:
 def test_starting_n1_leaves_the_blocking_mode_of_ns_listener_alone(aeterna: Any) -> None:
     """O_NONBLOCK lives on the listener's open file description, shared by N, N+1 and
     the manager: starting N+1 must not make N's event-loop listener blocking."""
-    from aeterna.api.server import request
+    from aeterna.api.client import request
 
     port = free_port()
     m = aeterna({"u.yaml": unit_text([PY, "-c", NONBLOCK_APP], port=port, soak="3s",
@@ -629,11 +629,13 @@ class _Log:
 
 def _fake_srp(loop: asyncio.AbstractEventLoop) -> SrpUnit:
     handoff = StateHandoff(enabled=True, timeout=0.01, max_size=1 << 20)
-    manager = SimpleNamespace(loop=loop, log=_Log(), relays=SimpleNamespace(current={}))
+    host = SimpleNamespace(log=_Log(), add_reader=loop.add_reader,
+                           remove_reader=loop.remove_reader, relay_of=lambda name: None,
+                           background=asyncio.ensure_future)
     runtime = SimpleNamespace(name="fuzz", generation=1, main_pid=None,
-                              unit=SimpleNamespace(orchestration=SimpleNamespace(
+                              spec=SimpleNamespace(orchestration=SimpleNamespace(
                                   state_handoff=handoff)))
-    return SrpUnit(manager, runtime)  # type: ignore[arg-type]
+    return SrpUnit(host, runtime)  # type: ignore[arg-type]
 
 
 def _make_fd(kind: str) -> int:
@@ -707,7 +709,8 @@ def test_the_manager_channel_leaks_no_fd_whatever_it_receives(
 
         async def settle() -> None:
             for _ in range(50):
-                if not srp._tasks:
+                if all(t.done() for t in asyncio.all_tasks(loop)
+                       if t is not asyncio.current_task()):
                     return
                 await asyncio.sleep(0.005)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from aeterna.api.server import request
+from aeterna.api.client import request
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "c-srp"

@@ -23,7 +23,7 @@ from aeterna.model import (
     ServiceType,
     SocketType,
     Strategy,
-    Unit,
+    UnitSpec,
 )
 
 DATA = Path(__file__).parent / "data" / "systemd"
@@ -31,7 +31,7 @@ CTX = SpecifierContext(runtime_dir="/run/user/1000", user="alice", uid=1000,
                        home="/home/alice", hostname="box")
 
 
-def load_dir(path: Path) -> tuple[dict[str, Unit], list[str]]:
+def load_dir(path: Path) -> tuple[dict[str, UnitSpec], list[str]]:
     units, warnings = load_systemd_dir(path, specifiers=CTX)
     return {u.name: u for u in units}, [str(w) for w in warnings]
 

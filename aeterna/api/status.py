@@ -1,45 +1,43 @@
-"""What ``aeterna status`` shows of a unit: its state plus RSS and CPU from psutil.
+"""``aeterna status``: the reply the manager builds, and the table the CLI prints.
 
-psutil is imported on first use only, so a manager that nobody asks for status
-does not pay for it in memory.
+Imported on the first status request, so an idle manager does not carry it.
 """
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..unit.runtime import UnitRuntime
+    from .usage import UsageCache
+    from .view import ManagerView
 
 
-def collect(runtime: UnitRuntime) -> dict[str, Any]:
-    """The unit's snapshot, with memory and CPU summed over its process tree."""
-    snap = runtime.snapshot()
-    snap["rss"] = None
-    snap["cpu_seconds"] = None
-    if runtime.main_pid is not None:
-        snap.update(tree_usage(runtime.main_pid))
-    return snap
+async def collect(view: ManagerView, usage: UsageCache, unit: str | None) -> dict[str, Any]:
+    """The ``status`` reply: the manager, and each unit's snapshot with the RSS and CPU
+    summed over its process tree (one /proc scan for all of them, off the loop)."""
+    from .view import generations, relay_status
 
-
-def tree_usage(pid: int) -> dict[str, Any]:
-    import psutil
-
-    try:
-        root = psutil.Process(pid)
-        procs = [root, *root.children(recursive=True)]
-    except psutil.Error:
-        return {}
-    rss = 0
-    cpu = 0.0
-    for p in procs:
-        try:
-            rss += p.memory_info().rss
-            t = p.cpu_times()
-            cpu += t.user + t.system
-        except psutil.Error:
-            continue
-    return {"rss": rss, "cpu_seconds": round(cpu, 2), "processes": len(procs)}
+    names = [unit] if unit else list(view.order)
+    units = []
+    for n in names:
+        snap = view.units[n].snapshot()
+        snap["generations"] = generations(view, n)
+        snap["relay"] = relay_status(view, n)
+        units.append(snap)
+    roots = [u["main_pid"] for u in units if u["main_pid"] is not None]
+    trees = await usage.usage(roots) if roots else {}
+    for snap in units:
+        tree = trees.get(snap["main_pid"]) if snap["main_pid"] is not None else None
+        snap.update(tree.as_dict() if tree is not None
+                    else {"rss": None, "cpu_seconds": None})
+    relays = view.relays
+    return {"manager": {"pid": os.getpid(), "orphans_reaped": view.orphans_reaped,
+                        "shutting_down": view.shutting_down,
+                        "relays": relays.count if relays is not None else 0,
+                        "notify": {"accepted": view.notify.accepted,
+                                   "rejected": dict(view.notify.rejected)}},
+            "units": units}
 
 
 def human_bytes(n: int | None) -> str:

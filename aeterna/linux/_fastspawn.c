@@ -21,6 +21,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -62,11 +63,12 @@ static char **to_cstrings(PyObject *seq, Py_ssize_t extra)
 }
 
 /*
- * spawn(path, argv, envp, pid_names, fd_pairs, cwd) -> pid
+ * spawn(path, argv, envp, pid_names, fd_pairs, cwd, nofile) -> pid
  *   path: bytes; argv, envp: lists of bytes; pid_names: list of bytes (e.g.
  *   b"LISTEN_PID") whose value is the child's pid; fd_pairs: list of (src, dst)
  *   applied with dup2 in order (sources must not collide with targets);
- *   cwd: bytes or None. The child gets its own session, an empty signal mask
+ *   cwd: bytes or None; nofile: the child's soft RLIMIT_NOFILE, or -1 to keep
+ *   ours (capped at the hard limit). The child gets its own session, an empty signal mask
  *   and default dispositions. Raises OSError (with the errno of the step that
  *   failed: chdir or exec) if the program could not be started.
  */
@@ -75,8 +77,9 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
     (void)self;
     const char *path;
     PyObject *argv_obj, *envp_obj, *names_obj, *pairs_obj, *cwd_obj;
-    if (!PyArg_ParseTuple(args, "yOOOOO", &path, &argv_obj, &envp_obj, &names_obj,
-                          &pairs_obj, &cwd_obj))
+    long nofile = -1;
+    if (!PyArg_ParseTuple(args, "yOOOOO|l", &path, &argv_obj, &envp_obj, &names_obj,
+                          &pairs_obj, &cwd_obj, &nofile))
         return NULL;
 
     PyObject *argv_seq = PySequence_Fast(argv_obj, "argv must be a sequence");
@@ -140,6 +143,15 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
                 _exit(127);
             }
         }
+        if (nofile >= 0) {
+            /* Best effort, as a shell's ulimit: the limit we raised for ourselves
+             * goes back to what we were started with. */
+            struct rlimit rl;
+            if (getrlimit(RLIMIT_NOFILE, &rl) == 0) {
+                rl.rlim_cur = (rlim_t)nofile < rl.rlim_max ? (rlim_t)nofile : rl.rlim_max;
+                setrlimit(RLIMIT_NOFILE, &rl);
+            }
+        }
         if (cwd != NULL && chdir(cwd) < 0) {
             child_errno = -errno; /* negative: the chdir failed, not the exec */
             _exit(127);
@@ -189,7 +201,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"spawn", fastspawn_spawn, METH_VARARGS,
-     "spawn(path, argv, envp, pid_names, fd_pairs, cwd) -> pid: vfork and exec."},
+     "spawn(path, argv, envp, pid_names, fd_pairs, cwd, nofile=-1) -> pid: vfork and exec."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -17,6 +17,22 @@ FORWARD_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
 RELOAD_SIGNAL = signal.SIGHUP
 
 
+def quiet_wakeup_fd(loop: object) -> None:
+    """Keep the signal wakeup fd asyncio installed, minus the warning when it is full.
+
+    A thousand children exiting at once send a thousand SIGCHLDs while the loop
+    is busy; once the wakeup socket's buffer is full, Python prints a traceback
+    for every further byte it cannot write. Those bytes only wake the loop, which
+    is awake already, and one reaping pass collects every child, so a full buffer
+    loses nothing.
+    """
+    # The loop's end of its self-pipe (asyncio's unix loop names it _csock): set
+    # again in one call, so that no signal can fall into a gap with no wakeup fd.
+    csock = getattr(loop, "_csock", None)
+    if csock is not None:
+        signal.set_wakeup_fd(csock.fileno(), warn_on_full_buffer=False)
+
+
 def is_pid1() -> bool:
     return os.getpid() == 1
 
@@ -58,3 +74,24 @@ def no_inherited_fds() -> None:
                 os.set_inheritable(fd, False)
             except OSError:
                 pass  # the fd of the listdir itself, closed meanwhile
+
+
+def raise_fd_limit() -> int | None:
+    """Raise our soft RLIMIT_NOFILE to the hard limit, as systemd does for itself.
+
+    Each unit costs the manager a few fds (output pipes, listeners, SRP
+    channels), so thousands of units need more than the usual 1024. Children
+    must not inherit the raised limit: a program that select()s breaks on an
+    fd above 1024, which is why systemd hands services the soft limit of 1024.
+    Returns the soft limit we were started with, if it was raised.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft >= hard:
+        return None
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    except (OSError, ValueError):
+        return None
+    return soft

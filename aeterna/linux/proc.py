@@ -9,6 +9,7 @@ come back through the same loop and are simply counted.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from ..results import ExitInfo
 
@@ -55,3 +56,76 @@ def parent_of(pid: int) -> int | None:
             return int(f.read().rsplit(b")", 1)[1].split()[1])
     except (OSError, ValueError, IndexError):
         return None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcStat:
+    """One process in a scan of /proc: its parent, resident memory and CPU time."""
+
+    ppid: int
+    rss: int  # bytes
+    cpu: float  # seconds, user + system
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """What a tree of processes uses: summed over its root and every descendant."""
+
+    rss: int
+    cpu_seconds: float
+    processes: int
+
+    def as_dict(self) -> dict[str, int | float]:
+        return {"rss": self.rss, "cpu_seconds": round(self.cpu_seconds, 2),
+                "processes": self.processes}
+
+
+def scan() -> dict[int, ProcStat]:
+    """Every process's ppid, RSS and CPU time, from one pass over /proc.
+
+    One small read per process (/proc/PID/stat), O(processes): what status
+    and metrics need for all units together. A process that exits during the
+    scan is skipped.
+    """
+    page, tick = os.sysconf("SC_PAGE_SIZE"), os.sysconf("SC_CLK_TCK")
+    table: dict[int, ProcStat] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:  # os.open/os.read: a third cheaper than open() for 1,000s of small files
+            fd = os.open(f"/proc/{name}/stat", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+        # comm may hold spaces and parentheses: the fields start after the last ")".
+        fields = data[data.rfind(b")") + 2:].split()
+        try:
+            table[int(name)] = ProcStat(int(fields[1]), int(fields[21]) * page,
+                                        (int(fields[11]) + int(fields[12])) / tick)
+        except (IndexError, ValueError):
+            continue
+    return table
+
+
+def tree_usage(table: dict[int, ProcStat], roots: list[int]) -> dict[int, Usage]:
+    """Usage of the tree under each of ``roots`` (roots absent from ``table``: none)."""
+    children: dict[int, list[int]] = {}
+    for pid, st in table.items():
+        children.setdefault(st.ppid, []).append(pid)
+    out: dict[int, Usage] = {}
+    for root in roots:
+        if root not in table:
+            continue
+        rss, cpu, count, todo = 0, 0.0, 0, [root]
+        while todo:
+            pid = todo.pop()
+            st = table[pid]
+            rss, cpu, count = rss + st.rss, cpu + st.cpu, count + 1
+            todo.extend(children.get(pid, ()))
+        out[root] = Usage(rss, cpu, count)
+    return out

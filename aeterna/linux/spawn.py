@@ -54,6 +54,8 @@ class SpawnRequest:
     # Environment names whose value the child sets to its own pid before exec.
     pid_env: tuple[str, ...] = ()
     argv0: str = ""
+    # The child's soft RLIMIT_NOFILE (None: the manager's own, inherited).
+    nofile: int | None = None
 
 
 class SpawnError(Exception):
@@ -180,7 +182,8 @@ def _vfork_spawn(req: SpawnRequest, program: str) -> int:
         try:
             return int(_fastspawn.spawn(os.fsencode(program), argv, env,
                                         [os.fsencode(n) for n in req.pid_env], pairs,
-                                        os.fsencode(req.cwd) if req.cwd else None))
+                                        os.fsencode(req.cwd) if req.cwd else None,
+                                        -1 if req.nofile is None else req.nofile))
         except OSError as exc:
             stage = exc.strerror if exc.strerror in ("chdir", "exec") else "exec"
             raise SpawnError(stage, exc.errno or errno_mod.EIO,
@@ -194,8 +197,10 @@ def _posix_spawn(req: SpawnRequest, program: str) -> int:
     """vfork-speed start; fds laid out by spawn file actions (all ours are CLOEXEC)."""
     argv = [program, *req.argv[1:]]
     env = {k: v for k, v in req.env.items() if k not in req.pid_env}
-    if req.pid_env or req.cwd:
+    if req.pid_env or req.cwd or req.nofile is not None:
         exports = "".join(f"export {name}=$$; " for name in req.pid_env)
+        if req.nofile is not None:
+            exports += f"ulimit -Sn {int(req.nofile)}; "
         argv = [SHELL, "-c", _SHIM.format(exports=exports), program, req.cwd, *req.argv[1:]]
     temps: list[int] = []
     try:
@@ -288,6 +293,12 @@ def _child(req: SpawnRequest, program: str, argv: list[str], env_items: list[tup
                 os.closerange(low, fd)
                 low = fd + 1
         os.closerange(low, 1 << 20)
+        stage = "setrlimit"
+        if req.nofile is not None:
+            import resource
+
+            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(req.nofile, hard), hard))
         stage = "setgroups"
         if req.groups is not None:
             os.setgroups(list(req.groups))

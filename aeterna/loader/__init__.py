@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ..model import Unit
+from ..model import UnitSpec
 from .errors import UnitError, UnitErrors, UnitWarning
 from .yaml_units import load_yaml_unit
 
@@ -22,16 +22,16 @@ SYSTEMD_SUFFIXES = (".service", ".socket")
 
 @dataclass(frozen=True)
 class LoadResult:
-    units: tuple[Unit, ...]
+    units: tuple[UnitSpec, ...]
     warnings: tuple[UnitWarning, ...] = field(default=())
 
-    def by_name(self) -> dict[str, Unit]:
+    def by_name(self) -> dict[str, UnitSpec]:
         return {u.name: u for u in self.units}
 
 
 def load_paths(paths: list[str] | tuple[str, ...]) -> LoadResult:
     """Load and validate every unit under ``paths``; raise UnitErrors on any error."""
-    units: list[Unit] = []
+    units: list[UnitSpec] = []
     warnings: list[UnitWarning] = []
     errors: list[UnitError] = []
     for path in paths:
@@ -43,7 +43,7 @@ def load_paths(paths: list[str] | tuple[str, ...]) -> LoadResult:
     return LoadResult(tuple(units), tuple(warnings))
 
 
-def _load_one_path(path: str, units: list[Unit], warnings: list[UnitWarning],
+def _load_one_path(path: str, units: list[UnitSpec], warnings: list[UnitWarning],
                    errors: list[UnitError]) -> None:
     if os.path.isdir(path):
         try:
@@ -72,7 +72,7 @@ def _load_one_path(path: str, units: list[Unit], warnings: list[UnitWarning],
     _load_yaml_file(path, units, errors)
 
 
-def _load_yaml_file(path: str, units: list[Unit], errors: list[UnitError]) -> None:
+def _load_yaml_file(path: str, units: list[UnitSpec], errors: list[UnitError]) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -88,7 +88,7 @@ def _load_yaml_file(path: str, units: list[Unit], errors: list[UnitError]) -> No
         errors.append(exc)
 
 
-def _load_systemd(directory: str, single: str | None, units: list[Unit],
+def _load_systemd(directory: str, single: str | None, units: list[UnitSpec],
                   warnings: list[UnitWarning], errors: list[UnitError]) -> None:
     from . import systemd_units
 
@@ -107,10 +107,10 @@ def _load_systemd(directory: str, single: str | None, units: list[Unit],
     warnings.extend(warned)
 
 
-def check_graph(units: list[Unit]) -> list[UnitError]:
+def check_graph(units: list[UnitSpec]) -> list[UnitError]:
     """Unique names, dependencies that exist, and no ordering cycle."""
     errors: list[UnitError] = []
-    seen: dict[str, Unit] = {}
+    seen: dict[str, UnitSpec] = {}
     for u in units:
         if u.name in seen:
             errors.append(UnitError(u.source.file, u.source.line, "service.name",
@@ -135,50 +135,56 @@ def check_graph(units: list[Unit]) -> list[UnitError]:
     return errors
 
 
-def find_cycle(units: dict[str, Unit]) -> list[str]:
-    """Return one ordering cycle as a list of names (first == last), or []."""
+def _ordered_deps(units: dict[str, UnitSpec], name: str) -> list[str]:
+    return [d.name for d in units[name].service.depends_on if d.order and d.name in units]
+
+
+def find_cycle(units: dict[str, UnitSpec]) -> list[str]:
+    """Return one ordering cycle as a list of names (first == last), or [].
+
+    An explicit stack, not recursion: a chain of thousands of units must not
+    reach Python's recursion limit.
+    """
     white, grey, black = 0, 1, 2
     colour = dict.fromkeys(units, white)
-    stack: list[str] = []
-
-    def visit(name: str) -> list[str]:
-        colour[name] = grey
-        stack.append(name)
-        for dep in units[name].service.depends_on:
-            if not dep.order or dep.name not in units:
-                continue
-            if colour[dep.name] == grey:
-                return stack[stack.index(dep.name):] + [dep.name]
-            if colour[dep.name] == white:
-                found = visit(dep.name)
-                if found:
-                    return found
-        stack.pop()
-        colour[name] = black
-        return []
-
-    for name in sorted(units):
-        if colour[name] == white:
-            found = visit(name)
-            if found:
-                return found
+    for root in sorted(units):
+        if colour[root] != white:
+            continue
+        path = [root]
+        todo = [iter(_ordered_deps(units, root))]
+        colour[root] = grey
+        while todo:
+            dep = next(todo[-1], None)
+            if dep is None:
+                colour[path.pop()] = black
+                todo.pop()
+            elif colour[dep] == grey:
+                return path[path.index(dep):] + [dep]
+            elif colour[dep] == white:
+                colour[dep] = grey
+                path.append(dep)
+                todo.append(iter(_ordered_deps(units, dep)))
     return []
 
 
-def start_order(units: dict[str, Unit]) -> list[str]:
-    """Names in an order where each unit comes after the units it is ordered after."""
+def start_order(units: dict[str, UnitSpec]) -> list[str]:
+    """Names in an order where each unit comes after the units it is ordered after
+    (a depth-first post-order, with an explicit stack)."""
     order: list[str] = []
     done: set[str] = set()
-
-    def visit(name: str) -> None:
-        if name in done:
-            return
-        done.add(name)
-        for dep in units[name].service.depends_on:
-            if dep.order and dep.name in units:
-                visit(dep.name)
-        order.append(name)
-
-    for name in sorted(units):
-        visit(name)
+    for root in sorted(units):
+        if root in done:
+            continue
+        done.add(root)
+        path = [root]
+        todo = [iter(_ordered_deps(units, root))]
+        while todo:
+            dep = next(todo[-1], None)
+            if dep is None:
+                order.append(path.pop())
+                todo.pop()
+            elif dep not in done:
+                done.add(dep)
+                path.append(dep)
+                todo.append(iter(_ordered_deps(units, dep)))
     return order

@@ -53,7 +53,7 @@ from ..model import (
     StateHandoff,
     Strategy,
     Timeouts,
-    Unit,
+    UnitSpec,
 )
 from .errors import UnitError, UnitErrors, UnitWarning
 from .ini import Entry, SpecifierContext, UnitName, read_unit_with_dropins
@@ -66,7 +66,7 @@ __all__ = ["load_systemd_dir", "load_systemd_file"]
 
 def load_systemd_dir(directory: str | os.PathLike[str], *,
                      specifiers: SpecifierContext | None = None,
-                     ) -> tuple[list[Unit], list[UnitWarning]]:
+                     ) -> tuple[list[UnitSpec], list[UnitWarning]]:
     """Load every ``.service`` and ``.socket`` unit in ``directory`` (not recursively).
 
     Returns the units, sorted by name, and the warnings. Raises UnitError, or
@@ -87,7 +87,7 @@ def load_systemd_dir(directory: str | os.PathLike[str], *,
 
 def load_systemd_file(path: str | os.PathLike[str], *,
                       specifiers: SpecifierContext | None = None,
-                      ) -> tuple[list[Unit], list[UnitWarning]]:
+                      ) -> tuple[list[UnitSpec], list[UnitWarning]]:
     """Load the service of one ``.service`` or ``.socket`` file, with its sockets.
 
     For ``web.service``: ``web.socket`` next to it if present, plus its
@@ -297,13 +297,13 @@ class _Loader:
                            f"implemented (listeners are bound before any service starts); "
                            f"{ref} ignored")
 
-    def finish(self, wire_before: bool) -> tuple[list[Unit], list[UnitWarning]]:
+    def finish(self, wire_before: bool) -> tuple[list[UnitSpec], list[UnitWarning]]:
         """Wire the drafts together, build the units, raise if anything was wrong."""
         feeds = self.attach_sockets()
         edges = self.dependencies(wire_before)
         listeners = {base: finish_socket(d) for base, d in self.drafts.items()
                      if d.name.suffix == "socket"}
-        units: list[Unit] = []
+        units: list[UnitSpec] = []
         for base, d in self.drafts.items():
             kw = finish_service(d) if d.name.suffix == "service" else None
             if kw is None or (self.only is not None and base != self.only):
@@ -313,7 +313,7 @@ class _Loader:
                          for ref, e in edges.get(base, {}).items())
             service = Service(name=d.name.stem, sockets=tuple(listens), depends_on=deps,
                               expand_env=True, **kw)
-            units.append(Unit(service=service, orchestration=finish_orchestration(d),
+            units.append(UnitSpec(service=service, orchestration=finish_orchestration(d),
                               observability=finish_observability(d),
                               source=Source(d.source.path), description=d.description))
         for d in self.drafts.values():

@@ -1,4 +1,4 @@
-"""Aeterna's YAML unit files: text in, a frozen ``Unit`` out, or a located error.
+"""Aeterna's YAML unit files: text in, a frozen ``UnitSpec`` out, or a located error.
 
 The schema is the original Aeterna design's (``version``, ``service``,
 ``orchestration``, ``observability``) extended with systemd's service settings.
@@ -33,7 +33,7 @@ from ..model import (
     Source,
     StartLimit,
     Timeouts,
-    Unit,
+    UnitSpec,
 )
 from ..wire.address import parse_metrics_address
 from .durations import parse_bool, parse_duration, parse_signal, parse_size
@@ -181,7 +181,7 @@ _SOCKET = (
 )
 
 
-def load_yaml_unit(text: str, file: str) -> Unit:
+def load_yaml_unit(text: str, file: str) -> UnitSpec:
     """Parse one YAML unit file's text. Pure: raises UnitError, never anything else."""
     doc = _Doc(file)
     try:
@@ -215,7 +215,7 @@ def load_yaml_unit(text: str, file: str) -> Unit:
     observability = (_observability(doc, top["observability"][1])
                      if "observability" in top else Observability())
     description = doc.text(top["description"][1], "description") if "description" in top else ""
-    return Unit(service=service, orchestration=orchestration, observability=observability,
+    return UnitSpec(service=service, orchestration=orchestration, observability=observability,
                 source=Source(file, root.start_mark.line + 1), description=description)
 
 

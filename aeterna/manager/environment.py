@@ -12,27 +12,27 @@ import pwd
 from typing import TYPE_CHECKING, Any
 
 from ..linux.spawn import SpawnRequest
-from ..model import Unit
-from .notify_endpoint import wants_notify_socket
+from ..model import NotifyAccess, UnitSpec
 
 if TYPE_CHECKING:
     from ..unit.runtime import UnitRuntime
 
 
-def build_request(runtime: UnitRuntime, unit: Unit, generation: int, base_env: dict[str, str],
-              notify_path: str) -> SpawnRequest:
+def build_request(runtime: UnitRuntime, spec: UnitSpec, generation: int,
+                  base_env: dict[str, str], notify_path: str,
+                  nofile: int | None = None) -> SpawnRequest:
     """Everything but the output pipes; raises OSError for a bad user or env file.
 
     The environment follows systemd's rules: LISTEN_* only when there are fds
     (sockets first, then the fd store), NOTIFY_SOCKET only when NotifyAccess
     is not none, WATCHDOG_USEC/WATCHDOG_PID only with a watchdog.
     """
-    svc = unit.service
+    svc = spec.service
     env = dict(base_env)
     for path, optional in svc.env_files:
         env.update(read_env_file(path, optional))
     env.update(svc.env)
-    env["AETERNA_UNIT"] = unit.name
+    env["AETERNA_UNIT"] = spec.name
     env["AETERNA_GENERATION"] = str(generation)
     pid_env: list[str] = []
     socket_fds = [lst.fd for lst in runtime.listeners]
@@ -45,7 +45,8 @@ def build_request(runtime: UnitRuntime, unit: Unit, generation: int, base_env: d
         env["LISTEN_FDS"] = str(len(fds))
         env["LISTEN_FDNAMES"] = ":".join(names)
         pid_env.append("LISTEN_PID")
-    if wants_notify_socket(svc.effective_notify_access()):
+    # systemd gives NOTIFY_SOCKET to the main process iff NotifyAccess is not none.
+    if svc.effective_notify_access() is not NotifyAccess.NONE:
         env["NOTIFY_SOCKET"] = notify_path
         if svc.fd_store_max > 0:
             env["FDSTORE"] = str(svc.fd_store_max)
@@ -69,14 +70,14 @@ def build_request(runtime: UnitRuntime, unit: Unit, generation: int, base_env: d
 
         argv = expand_exec_env(argv, env)
         if not argv:
-            raise OSError(f"{unit.name}: the command expanded to nothing")
+            raise OSError(f"{spec.name}: the command expanded to nothing")
     cwd = svc.working_directory
     if cwd == "~":
         cwd = env.get("HOME", "/")
     return SpawnRequest(argv=argv, env=env, cwd=cwd,
                         uid=uid, gid=gid, groups=groups, argv0=svc.argv0,
                         pass_fds=tuple(fds), blocking_fds=frozenset(socket_fds),
-                        pid_env=tuple(pid_env))
+                        pid_env=tuple(pid_env), nofile=nofile)
 
 
 def with_(req: SpawnRequest, **changes: Any) -> SpawnRequest:

@@ -1,9 +1,12 @@
 """The manager: one asyncio loop that owns the units and turns everything into events.
 
 Signals (through asyncio's wakeup fd: the handlers only wake the loop), child
-exits (one reaper), control requests and timers all arrive here and are
-dispatched to the units' state machines. There are no threads and nothing is
-polled: an idle manager sleeps in epoll_wait with no timeout.
+exits (one reaper), notify datagrams, control requests and timers all arrive
+here and become events of the units' state machines. A unit's change of state
+is queued on the run queue, which the loop drains in one pass: a unit never
+re-enters another's transition, so the stack stays shallow at any number of
+units. There are no threads on the hot paths and nothing is polled: an idle
+manager sleeps in epoll_wait with no timeout.
 """
 
 from __future__ import annotations
@@ -11,25 +14,30 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..linux import pid1, proc
 from ..linux.sockets import SocketError, bind_listeners, remove_listener
-from ..loader import LoadResult, load_paths, start_order
+from ..loader import LoadResult, load_paths
 from ..loader.errors import UnitErrors
 from ..log import Log
-from ..model import Unit
-from ..relay.coordinator import Coordinator
+from ..model import UnitSpec
 from ..results import EXIT_FAILED, EXIT_OK, ExitInfo, Result, errno_name
-from . import daemon_reload as reloading
+from ..unit.pids import PidIndex
+from ..unit.runtime import UnitRuntime
+from ..unit.states import DOWN_STATES, STOPPING_STATES, Deps, Event, State, Want
+from ..unit.watchdog import Timer
+from . import daemon_reload
 from .notify_endpoint import NotifyEndpoint
+from .ordering import Ordering
+from .spawner import ExitCallback, Spawner
 
 if TYPE_CHECKING:
+    from ..relay.coordinator import Coordinator
+    from ..relay.relay import Outcome, Relay
     from ..relay.srp import SrpUnit
-
-from ..unit.runtime import DOWN_STATES, UP_STATES, Event, State, UnitRuntime
-from .spawner import Spawning
 
 # Variables that describe *our* activation and must never leak to a child.
 _PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
@@ -37,114 +45,124 @@ _PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
                 "AETERNA_CONTROL", "AETERNA_SRP_FD", "AETERNA_UNIT", "AETERNA_GENERATION")
 
 
-class Manager(Spawning):
+class Surfaces(Protocol):
+    """The user-facing servers (control socket, metrics), given by the caller (the CLI)."""
+
+    async def start(self) -> None: ...
+    async def sync(self, specs: list[UnitSpec]) -> None: ...  # serve the metrics they name
+    async def close(self) -> None: ...
+
+
+class Manager:
     """Owns the units of one ``aeterna start`` and runs them until all have stopped."""
 
-    def __init__(self, paths: list[str], loaded: LoadResult, log: Log,
-                 control_path: str | None = None):
+    def __init__(self, paths: list[str], loaded: LoadResult, log: Log, runtime_dir: str = ""):
         self.paths = paths
         self.log = log
-        self.control_path = control_path
+        self.runtime_dir = runtime_dir  # where the notify socket goes (beside the control one)
+        self.surfaces: Surfaces | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.units: dict[str, UnitRuntime] = {}
-        for unit in loaded.units:
-            self.units[unit.name] = UnitRuntime(unit, self)
-        self.order = start_order({n: r.unit for n, r in self.units.items()})
+        self.pids = PidIndex()
+        self.units: dict[str, UnitRuntime] = {u.name: UnitRuntime(u, self) for u in loaded.units}
+        self.ordering = Ordering(self.units, self.post)
         log.set_unit_levels({u.name: u.observability.log_level for u in loaded.units})
-        self.shutting_down = False
         self.orphans_reaped = 0
-        self._done: asyncio.Future[int] | None = None
-        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
-        self._control: Any = None
-        self._pending_stops: set[str] = set()  # a `stop UNIT` still working down its closure
-        self._booted = False  # every unit was asked to start: "all down" means done
+        self.relays: Coordinator | None = None  # loaded by the first relay
+        self.srp: dict[str, SrpUnit] = {}  # loaded by units that enable SRP
         # Processes that are not a unit's main one but whose exit someone awaits:
-        # canaries, draining generations, hooks and exec probes.
-        self.watched: dict[int, Callable[[ExitInfo], None]] = {}
-        self.relays = Coordinator(self)
-        self.srp: dict[str, SrpUnit] = {}
-        self._bg: set[asyncio.Task[Any]] = set()
-        self.metrics: dict[str, Any] = {}  # address -> metrics.MetricsServer
+        # canaries, draining generations, commands, hooks and exec probes.
+        self.watched: dict[int, ExitCallback] = {}
         self.base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        self._queue: deque[tuple[UnitRuntime, Event | None]] = deque()
+        self._draining = False
+        self._busy: set[UnitRuntime] = set()  # neither down nor a finished oneshot
+        self._exited: set[UnitRuntime] = set()  # finished oneshots ("active (exited)")
+        self._stopping: set[UnitRuntime] = set()  # waiting for their group to empty
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._done: asyncio.Future[int] | None = None
+        self._booted = False  # every unit was asked to start: "all down" means done
+        self._bg: set[asyncio.Task[Any]] = set()
+
+    @property
+    def order(self) -> list[str]:
+        return self.ordering.order
+
+    @property
+    def shutting_down(self) -> bool:
+        return self.ordering.shutting_down
 
     # ------------------------------------------------------------------ run
     async def run(self) -> int:
         """Start every unit, serve until all have stopped, return the exit status."""
-        self.loop = asyncio.get_running_loop()
-        self._done = self.loop.create_future()
+        loop = self.loop = asyncio.get_running_loop()
+        self._done = loop.create_future()
         pid1.no_inherited_fds()
+        child_nofile = pid1.raise_fd_limit()
         if not pid1.is_pid1():
             pid1.set_subreaper()
-        loop = self.loop
         loop.add_signal_handler(signal.SIGCHLD, self._on_sigchld)
         for sig in pid1.STOP_SIGNALS:
             loop.add_signal_handler(sig, self._on_stop_signal, sig)
         for sig in pid1.FORWARD_SIGNALS:
             loop.add_signal_handler(sig, self._forward, sig)
         loop.add_signal_handler(pid1.RELOAD_SIGNAL, self._on_sighup)
+        pid1.quiet_wakeup_fd(loop)
         self._open_notify()
-        self._bind_sockets()
+        self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
+                               child_nofile)
         for runtime in self.units.values():
-            self.srp_for(runtime, runtime.unit)
-        if self.control_path:
-            from ..api.server import ControlServer
-
-            self._control = ControlServer(self, self.control_path)
-            await self._control.start()
-        await self.sync_metrics([r.unit for r in self.units.values()])
+            self.bind_unit(runtime)
+            self.srp_for(runtime, runtime.spec)
+        if self.surfaces is not None:
+            await self.surfaces.start()
+            await self.surfaces.sync([r.spec for r in self.units.values()])
         self.log.info("manager.started", pid=os.getpid(), units=len(self.units),
-                      control=self.control_path)
+                      control=self.runtime_dir or None)
         pid1.trim_memory()  # loading and parsing left freed pages behind
         for name in self.order:
             if self.units[name].state is State.INACTIVE:
                 self.units[name].dispatch(Event.START)
         self._booted = True
-        self._check_finished()
+        self._schedule()
         # A child may have exited before our SIGCHLD handler existed.
         self._on_sigchld()
         try:
             return await self._done
         finally:
-            if self._control is not None:
-                await self._control.close()
-            await self.sync_metrics([])
+            if self.surfaces is not None:
+                await self.surfaces.close()
             self._close_resources()
             for sig in (signal.SIGCHLD, *pid1.STOP_SIGNALS, *pid1.FORWARD_SIGNALS,
                         pid1.RELOAD_SIGNAL):
                 loop.remove_signal_handler(sig)
 
-    # -------------------------------------------------------------- signals
     def _open_notify(self) -> None:
         """The notify socket lives beside the control socket (a path, never abstract:
         abstract sockets do not cross network namespaces)."""
         assert self.loop is not None
-        base = os.path.dirname(self.control_path) if self.control_path else ""
+        base = self.runtime_dir
         if not base:
             import tempfile
 
             base = tempfile.mkdtemp(prefix="aeterna-")
         os.makedirs(base, exist_ok=True)
-        path = os.path.join(base, f"notify-{os.getpid()}.sock")
-        self.notify = NotifyEndpoint(path, self.log)
+        self.notify = NotifyEndpoint(os.path.join(base, f"notify-{os.getpid()}.sock"),
+                                     self.log, self.pids)
         self.loop.add_reader(self.notify.fileno(), self._on_notify)
 
     def _on_notify(self) -> None:
-        if self.notify.drain(self.notify_targets()):
+        if self.notify.drain():
             assert self.loop is not None
             self.loop.call_soon(self._on_notify)  # more queued: yield, then continue
 
-    def _bind_sockets(self) -> None:
-        """Bind every unit's sockets once; a failure fails that unit only."""
-        for runtime in self.units.values():
-            self.bind_unit(runtime)
-
     def bind_unit(self, runtime: UnitRuntime) -> None:
-        """Bind one unit's sockets (at boot, or when a reload adds it)."""
+        """Bind one unit's sockets (at boot, or when a reload adds it); a failure
+        fails that unit only."""
         assert self.loop is not None
         if runtime.fdstore is not None:
             self.loop.add_reader(runtime.fdstore.epoll_fd(), self._on_fdstore, runtime)
         try:
-            runtime.listeners = bind_listeners(runtime.unit.service.sockets)
+            runtime.listeners = bind_listeners(runtime.spec.service.sockets)
         except SocketError as exc:
             runtime.fail_now(Result.RESOURCES, "unit.bind-failed", error=str(exc),
                              address=exc.address, errno=errno_name(exc.errno or 0))
@@ -172,47 +190,43 @@ class Manager(Spawning):
         for srp in self.srp.values():
             srp.close()
 
+    # ------------------------------------------------------------- the reaper
     def _on_sigchld(self) -> None:
         """Reap everything; dispatch main-process exits; count orphans."""
         # Read pending notify messages first: once a sender is reaped its pid no
         # longer maps to its unit (and may even be reused).
-        self.notify.drain(self.notify_targets())
-        by_pid = {r.main_pid: r for r in self.units.values() if r.main_pid is not None}
+        self.notify.drain()
+        mains = self.pids.mains
         for pid, info in proc.reap():
-            runtime = by_pid.pop(pid, None)
+            runtime = mains.get(pid)
             callback = self.watched.pop(pid, None)
-            if runtime is not None:
+            if runtime is not None and runtime.main_pid == pid:
                 runtime.dispatch(Event.EXITED, info=info)
             elif callback is not None:
                 callback(info)
             else:
                 self.orphans_reaped += 1
-        for runtime in self.units.values():
-            if runtime.state in (State.STOPPING, State.KILLING):
-                runtime.check_group()
-        self.relays.check_groups()
-        self.wake_waiters()  # someone may wait for a process group to empty
+        for runtime in list(self._stopping):
+            runtime.check_group()
+        if self.relays is not None:
+            self.relays.check_groups()
+        self._schedule()  # someone may wait for a process group to empty
 
-    def srp_for(self, runtime: UnitRuntime, unit: Unit) -> SrpUnit | None:
-        """The unit's SRP state, created the first time a definition enables it."""
-        if not unit.orchestration.state_handoff.enabled:
-            return self.srp.get(runtime.name)
-        if runtime.name not in self.srp:
-            from ..relay import srp as srp_module  # loaded only by units that use SRP
+    def watch(self, pid: int, callback: ExitCallback) -> None:
+        self.watched[pid] = callback
 
-            self.srp[runtime.name] = srp_module.SrpUnit(self, runtime)
-        return self.srp[runtime.name]
+    def unwatch(self, pid: int) -> None:
+        self.watched.pop(pid, None)
 
-    def notify_targets(self) -> list[Any]:
-        return [*self.relays.current.values(), *self.units.values()]
-
-    def watch_foreign(self, runtime: UnitRuntime, pid: int) -> None:
+    def watch_foreign(self, unit: UnitRuntime, pid: int) -> None:
         """MAINPID= named a process whose parent is not us: notice its exit by pidfd.
 
         systemd cannot always tell either; it finishes such a service when its
         cgroup empties. A pidfd gets readable when the process exits, whoever
         its parent is; we then treat the exit as clean (its status is not ours).
         """
+        if unit.pgid is None or pid != unit.pgid:
+            self.notify.foreign[pid] = unit  # its datagrams may come from outside the group
         if proc.parent_of(pid) == os.getpid():
             return  # our child (an adopted orphan): the reaper reports it
         try:
@@ -225,117 +239,230 @@ class Manager(Spawning):
         def exited() -> None:
             loop.remove_reader(fd)
             os.close(fd)
-            if runtime.main_pid == pid:
-                self.log.info("unit.mainpid-exited", unit=runtime.name, pid=pid,
+            if unit.main_pid == pid:
+                self.log.info("unit.mainpid-exited", unit=unit.name, pid=pid,
                               how="not our child; status unknown")
-                runtime.dispatch(Event.EXITED, info=ExitInfo(code=0))
-                if runtime.state in (State.STOPPING, State.KILLING):
-                    runtime.check_group()
+                unit.dispatch(Event.EXITED, info=ExitInfo(code=0))
+                unit.check_group()
 
         loop.add_reader(fd, exited)
 
-    def watch(self, pid: int, callback: Callable[[ExitInfo], None]) -> None:
-        self.watched[pid] = callback
-
-    def unwatch(self, pid: int) -> None:
-        self.watched.pop(pid, None)
-
+    # -------------------------------------------------------------- signals
     def _on_stop_signal(self, sig: int) -> None:
         self.log.info("manager.signal", signal=signal.Signals(sig).name, action="stop-all")
         self.shutdown()
 
     def _forward(self, sig: int) -> None:
-        for runtime in self.units.values():
-            if runtime.main_pid is not None:
-                proc.kill_pid(runtime.main_pid, sig)
+        for pid in list(self.pids.mains):
+            proc.kill_pid(pid, sig)
         self.log.info("manager.signal", signal=signal.Signals(sig).name, action="forwarded")
 
     def _on_sighup(self) -> None:
         self.log.info("manager.signal", signal="SIGHUP", action="reload")
-        self.reload().pop("_futures", None)
+        self.reload()
+
+    # ------------------------------------------------------------- run queue
+    def post(self, unit: UnitRuntime, event: Event) -> None:
+        """Queue ``event`` for ``unit``: it is dispatched when the run queue drains."""
+        self._queue.append((unit, event))
+        self._schedule()
+
+    def changed(self, unit: UnitRuntime) -> None:
+        """Every state change (``Host``): keep the state sets, queue what follows."""
+        state = unit.state
+        for members, belongs in ((self._busy, state not in DOWN_STATES
+                                  and state is not State.EXITED),
+                                 (self._exited, state is State.EXITED),
+                                 (self._stopping, state in STOPPING_STATES)):
+            if belongs:
+                members.add(unit)
+            else:
+                members.discard(unit)
+        self._queue.append((unit, None))
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._draining and self.loop is not None:
+            self._draining = True
+            self.loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        """One pass over the run queue, then wake waiters and see whether we are done."""
+        queue = self._queue
+        try:
+            while queue:
+                unit, event = queue.popleft()
+                if event is not None:
+                    unit.dispatch(event)
+                else:
+                    self._after_change(unit)
+        finally:
+            self._draining = False
+            if queue:
+                self._schedule()
+        self._wake_waiters()
+        self._check_finished()
+
+    def _after_change(self, unit: UnitRuntime) -> None:
+        """What one unit's change of state means for the rest: dependents, stops, fds."""
+        if (unit.state in DOWN_STATES and unit.fdstore is not None
+                and unit.want is not Want.START and unit.fdstore.entries):
+            # FileDescriptorStorePreserve=restart: kept across restarts only.
+            self.log.info("fdstore.released", unit=unit.name, count=len(unit.fdstore.entries))
+            unit.fdstore.clear()
+        self.ordering.changed(unit)
 
     # ------------------------------------------------------------- actions
     def shutdown(self) -> None:
         """Stop every unit in reverse dependency order, then exit."""
-        self.shutting_down = True
-        self.relays.abort_all()
-        self._pending_stops |= set(self.units)
-        self._advance_stops()
-
-    def _dependents(self, name: str) -> list[UnitRuntime]:
-        return [r for r in self.units.values()
-                if any(d.name == name and d.order for d in r.unit.service.depends_on)]
-
-    def _advance_stops(self) -> None:
-        """Stop each pending unit once the pending units ordered after it are down
-        (reverse dependency order, for shutdown and for ``stop UNIT`` alike)."""
-        pending = self._pending_stops
-        for name in reversed(self.order):
-            runtime = self.units[name]
-            if name in pending and runtime.state not in DOWN_STATES and all(
-                    d.state in DOWN_STATES for d in self._dependents(name)
-                    if d.name in pending):
-                runtime.dispatch(Event.STOP)
+        if self.relays is not None:
+            self.relays.abort_all()
+        self.ordering.stop_all()
+        self._schedule()  # with nothing running, nothing else would look
 
     def stop_unit(self, name: str) -> None:
         """Stop a unit, and first the units ordered after it that require it."""
-        todo = self._closure(name)
-        for n in todo:
-            self.units[n].stop_requested = True
-        self._pending_stops |= todo
-        self._advance_stops()
+        self.ordering.stop(name)
+        self._schedule()
 
-    def _closure(self, name: str) -> set[str]:
-        todo = {name}
-        changed = True
-        while changed:
-            changed = False
-            for r in self.units.values():
-                if r.name not in todo and any(d.name in todo and d.require
-                                              for d in r.unit.service.depends_on):
-                    todo.add(r.name)
-                    changed = True
-        return todo
-
-    def restart_unit(self, name: str) -> None:
+    def start_unit(self, name: str) -> None:
+        """``systemctl start``: a down unit starts (its required dependencies first); one
+        on its way down starts again after; one up or coming up is left alone."""
         runtime = self.units[name]
-        if runtime.state in DOWN_STATES or runtime.state is State.AUTO_RESTART:
+        if runtime.state in DOWN_STATES:
             runtime.dispatch(Event.START)
-        else:
-            runtime.pending_start = True
-            runtime.dispatch(Event.STOP)
+        elif runtime.state in (State.AUTO_RESTART, State.STOP_PRE, *STOPPING_STATES):
+            runtime.restart()
 
-    def reload(self, relay: bool = True) -> dict[str, Any]:
-        """Re-read and validate the unit files (SIGHUP, ``aeterna reload``)."""
-        return reloading.reload_all(self, relay)
+    def restart_unit(self, name: str, spec: UnitSpec | None = None) -> None:
+        """Stop (if running) and start again, with ``spec`` if given."""
+        runtime = self.units[name]
+        if spec is not None:
+            runtime.spec = spec
+        runtime.restart()
 
-    async def sync_metrics(self, units: list[Unit]) -> None:
-        """Serve the metrics addresses that ``units`` name, and only those."""
-        if not self.metrics and not any(u.observability.metrics_port for u in units):
-            return  # the HTTP code is loaded only by units that ask for it
-        from ..api import metrics
+    def reload_in_place(self, name: str) -> None:
+        """ExecReload= / notify-reload of an active unit."""
+        self.units[name].dispatch(Event.RELOAD)
 
-        await metrics.sync(self, self.metrics, metrics.addresses(units))
+    def relay(self, name: str, spec: UnitSpec | None = None) -> asyncio.Future[Outcome]:
+        """Hot-relay ``name`` to ``spec`` (default: its current definition)."""
+        if self.relays is None:
+            from ..relay.coordinator import Coordinator  # loaded by the first relay
 
-    def observability_changed(self, units: list[Unit]) -> None:
-        """A reload read new unit files: follow their metrics addresses and log levels."""
-        self.log.set_unit_levels({u.name: u.observability.log_level for u in units})
-        self._background(self.sync_metrics(units))
+            self.relays = Coordinator(self)
+        return self.relays.request(name, spec)
 
-    def _background(self, coro: Any) -> None:
-        """Run ``coro`` on its own, holding a reference until it is done."""
-        task = asyncio.ensure_future(coro)
-        self._bg.add(task)
-        task.add_done_callback(self._bg.discard)
+    def relay_busy(self, name: str) -> bool:
+        return self.relays is not None and self.relays.busy(name)
 
-    def reload_unit(self, name: str) -> tuple[str, Unit | None, str]:
+    # -------------------------------------------------------------- reloads
+    def read_units(self) -> dict[str, UnitSpec] | list[str]:
+        """The unit files now, by name; or the errors, each logged."""
+        try:
+            return load_paths(self.paths).by_name()
+        except UnitErrors as exc:
+            for err in exc.errors:
+                self.log.error("reload.invalid", error=str(err))
+            return [str(e) for e in exc.errors]
+
+    def reload(self, relay: bool = True) -> tuple[dict[str, Any], list[asyncio.Future[Outcome]]]:
+        """SIGHUP, ``aeterna reload``: re-read the unit files and apply them.
+
+        Broken files change nothing: the running configuration is kept and the
+        errors are reported. Returns (what was done, the relays' outcomes to come).
+        """
+        new = self.read_units()
+        if isinstance(new, list):
+            self.log.error("reload.rejected", reason="invalid unit files",
+                           kept="running configuration")
+            return {"ok": False, "errors": new}, []
+        d = daemon_reload.diff({n: r.spec for n, r in self.units.items()}, new)
+        self.log.set_unit_levels({u.name: u.observability.log_level for u in new.values()})
+        if self.surfaces is not None:
+            self.background(self.surfaces.sync(list(new.values())))
+        for key, names in d.as_dict().items():
+            for n in names:
+                self.log.info("reload.diff", unit=n, change=key)
+        self.log.info("reload.checked", added=len(d.added), removed=len(d.removed),
+                      changed=len(d.changed))
+        for name in d.removed:
+            if self.units[name].state not in DOWN_STATES:
+                self.log.warning("reload.removed-still-running", unit=name,
+                                 hint=f"aeterna stop {name}")
+        if d.added and not self.shutting_down:
+            self._add_units([new[n] for n in d.added])
+        relayed: list[str] = []
+        futures: list[asyncio.Future[Outcome]] = []
+        for name in self.order:
+            spec = new.get(name)
+            runtime = self.units[name]
+            if spec is None:
+                continue
+            if relay and daemon_reload.relays(spec) and runtime.state in (
+                    State.ACTIVE, State.RELOADING, State.EXITED):
+                futures.append(self.relay(name, spec))
+                relayed.append(name)
+            elif name in d.changed:
+                runtime.spec = daemon_reload.keep_sockets(spec, runtime.spec, self.log)
+                self.log.info("reload.applied", unit=name, when="next start")
+        if d.changed:
+            self.ordering.reindex()
+        return {"ok": True, **d.as_dict(), "relayed": relayed}, futures
+
+    def _add_units(self, specs: list[UnitSpec]) -> None:
+        """Bind and start the units of new files, as at boot.
+
+        The directories given to ``aeterna start -c`` are what runs: a unit file that
+        appears there starts like the others did (as ``supervisorctl update`` does;
+        systemd would wait for ``systemctl start``).
+        """
+        for spec in specs:
+            runtime = self.units[spec.name] = UnitRuntime(spec, self)
+            self.bind_unit(runtime)
+            self.srp_for(runtime, spec)
+        self.ordering.reindex()
+        for spec in specs:
+            runtime = self.units[spec.name]
+            if runtime.state is State.INACTIVE:  # not failed at bind
+                self.log.info("reload.added", unit=spec.name, action="start")
+                runtime.dispatch(Event.START)
+
+    def reload_unit(self, name: str) -> tuple[str, UnitSpec | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error)."""
-        return reloading.reload_one(self, name)
+        new = self.read_units()
+        if isinstance(new, list):
+            return "invalid", None, "\n".join(new)
+        spec = new.get(name)
+        if spec is None:
+            return "invalid", None, f"{name} is no longer defined in the unit files"
+        current = self.units[name].spec
+        action = daemon_reload.action_for(spec, current)
+        if action == "restart":
+            spec = daemon_reload.keep_sockets(spec, current, self.log)
+        return action, spec, ""
 
-    # ---------------------------------------------------------- host API
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Any:
+    def reread_unit(self, name: str) -> UnitSpec | None:
+        """The unit's definition from the files now, or None if they do not validate."""
+        new = self.read_units()
+        return None if isinstance(new, list) else new.get(name)
+
+    # ------------------------------------------------------------- Host (units)
+    def spawn_main(self, unit: UnitRuntime) -> int:
+        return self.spawner.main(unit)
+
+    def spawn_command(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int:
+        return self.spawner.command(unit, argv, argv0)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         assert self.loop is not None
         return self.loop.call_later(delay, callback)
+
+    def kill(self, pid: int, sig: int, group: bool) -> bool:
+        return proc.kill_group(pid, sig) if group else proc.kill_pid(pid, sig)
+
+    def deps_state(self, unit: UnitRuntime) -> Deps:
+        return self.ordering.deps_state(unit)
 
     def info(self, event: str, **fields: Any) -> None:
         self.log.info(event, **fields)
@@ -343,58 +470,76 @@ class Manager(Spawning):
     def warning(self, event: str, **fields: Any) -> None:
         self.log.warning(event, **fields)
 
-    def deps_state(self, unit: UnitRuntime) -> str:
-        """"up" when every ordered dependency is up, "failed" when a required one failed."""
-        result = "up"
-        for dep in unit.unit.service.depends_on:
-            other = self.units.get(dep.name)
-            if other is None:
-                continue
-            if other.state is State.FAILED:
-                if dep.require:
-                    return "failed"
-                continue
-            if other.state is State.INACTIVE and dep.require and not self.shutting_down:
-                other.dispatch(Event.START)
-            if dep.order and other.state not in UP_STATES and (
-                    dep.require or other.state is not State.INACTIVE):
-                result = "waiting"
-        return result
+    # ------------------------------------------------ SpawnerHost, RelayHost
+    def shares_listeners(self, runtime: UnitRuntime) -> bool:
+        """Is another generation of this unit alive (and so using its listeners)?"""
+        return runtime.main_pid is not None or (
+            self.relays is not None and self.relays.shares_listeners(runtime.name))
 
-    def reread_unit(self, name: str) -> Unit | None:
-        """The unit's definition from the files now, or None if they do not validate."""
-        try:
-            loaded = load_paths(self.paths)
-        except UnitErrors as exc:
-            for err in exc.errors:
-                self.log.error("reload.invalid", error=str(err))
-            return None
-        return loaded.by_name().get(name)
+    def srp_for(self, runtime: UnitRuntime, spec: UnitSpec) -> SrpUnit | None:
+        """The unit's SRP state, created the first time a definition enables it."""
+        if spec.orchestration.state_handoff.enabled and runtime.name not in self.srp:
+            from ..relay.srp import SrpUnit  # loaded only by units that use SRP
 
-    def changed(self, runtime: UnitRuntime) -> None:
-        """Every state change: wake waiters, unblock dependents, advance shutdown."""
-        if (runtime.state in DOWN_STATES and runtime.fdstore is not None
-                and not runtime.pending_start and runtime.fdstore.entries):
-            # FileDescriptorStorePreserve=restart: kept across restarts only.
-            self.log.info("fdstore.released", unit=runtime.name,
-                          count=len(runtime.fdstore.entries))
-            runtime.fdstore.clear()
-        if runtime.state in UP_STATES or runtime.state is State.FAILED:
-            for other in self.units.values():
-                if other.state is State.WAITING and other is not runtime:
-                    deps = self.deps_state(other)
-                    if deps == "up":
-                        other.dispatch(Event.DEPS_UP)
-                    elif deps == "failed":
-                        other.dispatch(Event.DEP_FAILED)
-        if runtime.state in DOWN_STATES and not self.shutting_down:
-            self._pending_stops.discard(runtime.name)  # a later start is not undone
-        if self._pending_stops:
-            self._advance_stops()
-        self.wake_waiters()
+            self.srp[runtime.name] = SrpUnit(self, runtime)
+        return self.srp.get(runtime.name)
 
-    def wake_waiters(self) -> None:
-        """Resolve every ``wait_for`` whose condition now holds; maybe finish."""
+    def srp_channel(self, runtime: UnitRuntime, spec: UnitSpec, generation: int) -> int:
+        srp = self.srp_for(runtime, spec)
+        assert srp is not None
+        return srp.open_channel(generation)
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` on its own, holding a reference until it is done."""
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    def unit(self, name: str) -> UnitRuntime:
+        return self.units[name]
+
+    def spawn_generation(self, runtime: UnitRuntime, spec: UnitSpec, generation: int,
+                         exited: ExitCallback) -> int:
+        return self.spawner.generation(runtime, spec, generation, exited)
+
+    def run_helper(self, runtime: UnitRuntime, argv: tuple[str, ...], timeout: float,
+                   label: str) -> Coroutine[Any, Any, ExitInfo | None]:
+        return self.spawner.run_helper(runtime, argv, timeout, label)
+
+    def background_hook(self, runtime: UnitRuntime, argv: tuple[str, ...],
+                        outcome: str) -> None:
+        self.spawner.background_hook(runtime, argv, outcome)
+
+    def retire(self, pid: int, retired: bool) -> None:
+        """A draining generation's datagrams are expected, not a stranger's."""
+        if retired:
+            self.notify.retired.add(pid)
+        else:
+            self.notify.retired.discard(pid)
+
+    def srp_of(self, name: str) -> SrpUnit | None:
+        return self.srp.get(name)
+
+    def relay_of(self, name: str) -> Relay | None:
+        return self.relays.current.get(name) if self.relays is not None else None
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        assert self.loop is not None
+        self.loop.add_reader(fd, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        assert self.loop is not None
+        self.loop.remove_reader(fd)
+
+    # -------------------------------------------------------------- waiting
+    def wake(self) -> None:
+        """Something that ``wait_for`` conditions look at changed (a relay's phase)."""
+        self._schedule()
+
+    def _wake_waiters(self) -> None:
+        """Resolve every ``wait_for`` whose condition now holds."""
+        if not self._waiters:
+            return
         still = []
         for pred, fut in self._waiters:
             if fut.done():
@@ -404,36 +549,6 @@ class Manager(Spawning):
             else:
                 still.append((pred, fut))
         self._waiters = still
-        self._check_finished()
-
-    def _check_finished(self) -> None:
-        if (self._done is None or self._done.done() or not self._booted
-                or self.relays.current or self.relays.draining):
-            return  # the cheap answers first: this runs at every state change
-        # A oneshot that finished counts as settled, except when we shut down.
-        settled = DOWN_STATES if self.shutting_down else DOWN_STATES | {State.EXITED}
-        units = self.units.values()
-        if not all(r.state in settled for r in units) or any(r.pending_start for r in units):
-            return
-        # Everything ended by itself: exit, as tini does when its child exits. But a
-        # unit held down by `aeterna stop UNIT` is being administered, and `aeterna
-        # start UNIT` must still find a manager (systemd's stays up too).
-        if self.shutting_down or not any(r.stop_requested and r.state in DOWN_STATES
-                                         for r in units):
-            code = self.exit_status()
-            self.log.info("manager.exiting", status=code, orphans_reaped=self.orphans_reaped)
-            self._done.set_result(code)
-
-    def exit_status(self) -> int:
-        """tini's convention for one unit; for several, non-zero if any failed."""
-        if len(self.units) == 1:
-            runtime = next(iter(self.units.values()))
-            if runtime.last_exit is not None:
-                return runtime.last_exit.shell_status
-            return EXIT_FAILED if runtime.state is State.FAILED else EXIT_OK
-        if any(r.state is State.FAILED for r in self.units.values()):
-            return EXIT_FAILED
-        return EXIT_OK
 
     async def wait_for(self, pred: Callable[[], bool], timeout: float | None = None) -> bool:
         """Wait until ``pred()`` holds after some state change (or already does)."""
@@ -447,3 +562,31 @@ class Manager(Spawning):
             return True
         except TimeoutError:
             return False
+
+    def _check_finished(self) -> None:
+        if (self._done is None or self._done.done() or not self._booted or self._busy
+                or (self.relays is not None and self.relays.active())):
+            return  # the cheap answers first: this runs after every pass of the queue
+        if self.shutting_down:
+            if self._exited:
+                return  # a finished oneshot still counts as up until it is stopped
+        elif any(r.want is Want.STAY_DOWN and r.state in DOWN_STATES
+                 for r in self.units.values()):
+            # Everything ended by itself: exit, as tini does when its child exits. But
+            # a unit held down by `aeterna stop UNIT` is being administered, and
+            # `aeterna start UNIT` must still find a manager (systemd's stays up too).
+            return
+        code = self.exit_status()
+        self.log.info("manager.exiting", status=code, orphans_reaped=self.orphans_reaped)
+        self._done.set_result(code)
+
+    def exit_status(self) -> int:
+        """tini's convention for one unit; for several, non-zero if any failed."""
+        if len(self.units) == 1:
+            runtime = next(iter(self.units.values()))
+            if runtime.last_exit is not None:
+                return runtime.last_exit.shell_status
+            return EXIT_FAILED if runtime.state is State.FAILED else EXIT_OK
+        if any(r.state is State.FAILED for r in self.units.values()):
+            return EXIT_FAILED
+        return EXIT_OK

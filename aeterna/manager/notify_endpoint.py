@@ -1,42 +1,65 @@
-"""The manager's end of sd_notify: receive, find the unit, authorise, act.
+"""The manager's end of sd_notify: receive, find the sender's unit, authorise, act.
 
-Targets are unit runtimes and, during a hot relay, the relay standing for its
-canary (N+1): both expose the same small surface (main_pid, pgid, dispatch,
-status_text, ...). One ``NotifyReceiver`` socket serves every unit (systemd does the same with
-/run/systemd/notify). A datagram is matched to a unit by its sender's pid: the
-unit's main pid, or any process of the unit's process group for
-``NotifyAccess=all``. ``notify.authorise`` decides; every dropped datagram has
-its fds closed and is logged with its ``Rejection`` name.
+One socket serves every unit (systemd does the same with /run/systemd/notify).
+A datagram is matched to its unit, or to the relay standing for a canary
+(N+1), through the pid index by its sender's process group: the main process
+and each command lead a group of their own, so the usual sender is found
+without a syscall. ``wire.notify.authorise`` decides; every dropped datagram
+has its fds closed and is logged with its ``Rejection`` name.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Protocol
 
 from ..linux.fds import close_fds
+from ..linux.fdstore import FdStore
 from ..linux.notify_socket import Datagram, NotifyReceiver
+from ..log import Log
 from ..model import NotifyAccess
-from ..unit.runtime import Event
+from ..unit.pids import PidIndex
+from ..unit.states import Event
+from ..unit.watchdog import Notified
 from ..wire.notify import NotifyMessage, Rejection, authorise
-
-if TYPE_CHECKING:
-    from ..log import Log
 
 # Bound on datagrams handled per wake-up, so a flood cannot starve the loop.
 _BATCH = 256
 
 
-class NotifyEndpoint:
-    """Turns notify datagrams into unit events."""
+class NotifyTarget(Protocol):
+    """What a datagram acts on: a unit, or a relay's canary."""
 
-    def __init__(self, path: str, log: Log):
+    notified: Notified
+    fdstore: FdStore | None
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def main_pid(self) -> int | None: ...
+    @property
+    def pgid(self) -> int | None: ...
+    @property
+    def command_pid(self) -> int | None: ...
+    def effective_notify_access(self) -> NotifyAccess: ...
+    def set_main_pid(self, pid: int) -> None: ...
+    def set_watchdog_usec(self, usec: int) -> None: ...
+    def extend_timeout(self, usec: int) -> None: ...
+    def watchdog_ping(self) -> None: ...
+    def dispatch(self, event: Event, **data: object) -> None: ...
+
+
+class NotifyEndpoint:
+    """Turns notify datagrams into events of the units they speak for."""
+
+    def __init__(self, path: str, log: Log, pids: PidIndex):
         self.receiver = NotifyReceiver(path)
         self.path = path
         self.log = log
+        self.pids = pids
         self.rejected: dict[str, int] = {}
         self.retired: set[int] = set()  # main pids of draining generations
+        self.foreign: dict[int, NotifyTarget] = {}  # MAINPID= outside the unit's group
         self.accepted = 0
 
     def fileno(self) -> int:
@@ -45,14 +68,13 @@ class NotifyEndpoint:
     def close(self) -> None:
         self.receiver.close()
 
-    def drain(self, units: Iterable[Any]) -> bool:
+    def drain(self) -> bool:
         """Handle queued datagrams; True if more may be waiting (batch limit hit)."""
-        runtimes = list(units)
         for _ in range(_BATCH):
             d = self.receiver.receive()
             if d is None:
                 return False
-            self._handle(d, runtimes)
+            self._handle(d)
         return True
 
     def _reject(self, reason: Rejection, d: Datagram, **fields: object) -> None:
@@ -60,7 +82,21 @@ class NotifyEndpoint:
         self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
         self.log.warning("notify.dropped", reason=reason.value, pid=d.pid, fds=d.n_fds, **fields)
 
-    def _handle(self, d: Datagram, runtimes: list[Any]) -> None:
+    def find(self, pid: int) -> tuple[NotifyTarget | None, int | None]:
+        """(the unit or canary ``pid`` speaks for, ``pid``'s process group)."""
+        groups = self.pids.groups
+        target = groups.get(pid)  # a group leader: main process, command, canary
+        if target is not None:
+            return target, pid
+        foreign = self.foreign.get(pid)
+        if foreign is not None:
+            if foreign.main_pid == pid:
+                return foreign, None
+            del self.foreign[pid]
+        pgid = _pgid(pid)
+        return (groups.get(pgid) if pgid is not None else None), pgid
+
+    def _handle(self, d: Datagram) -> None:
         if d.rejection is not None or d.message is None or d.pid is None:
             self._reject(d.rejection or Rejection.NO_CREDENTIALS, d)
             return
@@ -68,8 +104,8 @@ class NotifyEndpoint:
         if msg.barrier:
             close_fds(d.fds)  # closing the fd is the acknowledgement
             return
-        runtime = _find_unit(d.pid, runtimes)
-        if runtime is None:
+        target, pgid = self.find(d.pid)
+        if target is None:
             if d.pid in self.retired:
                 # A draining generation saying STOPPING=1 (or anything else): it no
                 # longer speaks for its unit, but it is not a stranger either.
@@ -78,91 +114,71 @@ class NotifyEndpoint:
                 return
             self._reject(Rejection.UNKNOWN_SENDER, d)
             return
-        access = runtime.effective_notify_access()
-        # Group membership only matters for NotifyAccess=all: spare the syscall.
-        group = ({d.pid} if access is NotifyAccess.ALL and _in_group(d.pid, runtime.pgid)
-                 else set())
-        control = getattr(runtime, "control_pid", None)
-        controls = {control} if control is not None else set()
-        if not authorise(access, d.pid, runtime.main_pid, controls, group):
-            self._reject(Rejection.NOT_AUTHORISED, d, unit=runtime.name, access=access.value)
+        access = target.effective_notify_access()
+        group = {d.pid} if pgid is not None and pgid == target.pgid else set()
+        commands = {target.command_pid} if target.command_pid is not None else set()
+        if not authorise(access, d.pid, target.main_pid, commands, group):
+            self._reject(Rejection.NOT_AUTHORISED, d, unit=target.name, access=access.value)
             return
         self.accepted += 1
-        self._apply(runtime, msg, d.fds, d.uid == 0)
+        self._apply(target, msg, d.fds, d.uid == 0)
 
-    def _apply(self, r: Any, msg: NotifyMessage, fds: list[int], root: bool) -> None:
+    def _apply(self, t: NotifyTarget, msg: NotifyMessage, fds: list[int], root: bool) -> None:
         """Act on one authorised message; STOPPING/RELOADING before READY, as systemd."""
+        said = t.notified
         if msg.notifyaccess is not None:
-            r.notify_access_override = msg.notifyaccess
-        if msg.mainpid is not None and (root or _in_group(msg.mainpid, r.pgid)):
-            r.set_main_pid(msg.mainpid)
+            said.access = msg.notifyaccess
+        if msg.mainpid is not None and (root or (t.pgid is not None
+                                                 and _pgid(msg.mainpid) == t.pgid)):
+            t.set_main_pid(msg.mainpid)
         if msg.status is not None:
-            r.status_text = msg.status
+            said.status = msg.status
         if msg.errno is not None:
-            r.errno = msg.errno
+            said.errno = msg.errno
         if msg.exit_status is not None:
-            r.notified_exit_status = msg.exit_status
+            said.exit_status = msg.exit_status
         if msg.fdstore and fds:
-            self._store(r, msg, fds)
-            fds = []
+            self._store(t, msg, fds)
         close_fds(fds)
-        if msg.fdstoreremove and msg.fdname is not None and r.fdstore is not None:
-            n = r.fdstore.remove_name(msg.fdname)
-            self.log.info("fdstore.removed", unit=r.name, name=msg.fdname, count=n)
+        if msg.fdstoreremove and msg.fdname is not None and t.fdstore is not None:
+            n = t.fdstore.remove_name(msg.fdname)
+            self.log.info("fdstore.removed", unit=t.name, name=msg.fdname, count=n)
         if msg.watchdog_usec is not None:
-            r.set_watchdog_usec(msg.watchdog_usec)
+            t.set_watchdog_usec(msg.watchdog_usec)
         if msg.extend_timeout_usec is not None:
-            r.extend_timeout(msg.extend_timeout_usec)
+            t.extend_timeout(msg.extend_timeout_usec)
         if msg.stopping:
-            r.stopping_notified = True
-            self.log.info("unit.notify", unit=r.name, stopping=1)
+            said.stopping = True
+            self.log.info("unit.notify", unit=t.name, stopping=1)
             return  # STOPPING overrides READY/RELOADING in the same message
         if msg.reloading:
-            r.dispatch(Event.RELOADING, usec=msg.monotonic_usec)
+            t.dispatch(Event.RELOADING, usec=msg.monotonic_usec)
         if msg.ready:
-            r.dispatch(Event.READY)
+            t.dispatch(Event.READY)
         if msg.watchdog_trigger:
-            r.dispatch(Event.WATCHDOG)
+            t.dispatch(Event.WATCHDOG)
         elif msg.watchdog_ping:
-            r.watchdog_ping()
+            t.watchdog_ping()
 
-    def _store(self, r: Any, msg: NotifyMessage, fds: list[int]) -> None:
-        if r.fdstore is None or r.fdstore.maximum <= 0:
-            self.log.warning("fdstore.refused", unit=r.name, reason="fd_store_max=0",
+    def _store(self, t: NotifyTarget, msg: NotifyMessage, fds: list[int]) -> None:
+        """FDSTORE=1: the store takes the fds (and empties ``fds``), or they are closed."""
+        if t.fdstore is None or t.fdstore.maximum <= 0:
+            self.log.warning("fdstore.refused", unit=t.name, reason="fd_store_max=0",
                              fds=len(fds))
             close_fds(fds)
             return
+        # systemd names a stored fd "stored" only when FDNAME= is missing;
+        # an empty FDNAME= stays empty.
+        name = "stored" if msg.fdname is None else msg.fdname
         for fd in fds:
-            # systemd names a stored fd "stored" only when FDNAME= is missing;
-            # an empty FDNAME= stays empty.
-            name = "stored" if msg.fdname is None else msg.fdname
-            outcome = r.fdstore.add(fd, name, msg.fdpoll)
-            self.log.info("fdstore.add", unit=r.name, name=name,
-                          outcome=outcome)
+            outcome = t.fdstore.add(fd, name, msg.fdpoll)
+            self.log.info("fdstore.add", unit=t.name, name=name, outcome=outcome)
         fds.clear()
 
 
-def _find_unit(pid: int, runtimes: list[Any]) -> Any:
-    """The unit (or a relay's canary) that ``pid`` speaks for: its main process
-    first, then any member of its process group."""
-    for r in runtimes:
-        if r.main_pid == pid or getattr(r, "control_pid", None) == pid:
-            return r
-    for r in runtimes:
-        if r.pgid is not None and _in_group(pid, r.pgid):
-            return r
-    return None
-
-
-def _in_group(pid: int, pgid: int | None) -> bool:
-    if pgid is None:
-        return False
+def _pgid(pid: int) -> int | None:
     try:
-        return os.getpgid(pid) == pgid
+        return os.getpgid(pid)
     except OSError:
-        return False
+        return None
 
-
-def wants_notify_socket(access: NotifyAccess) -> bool:
-    """systemd gives NOTIFY_SOCKET to the main process iff NotifyAccess is not none."""
-    return access is not NotifyAccess.NONE

@@ -1,9 +1,9 @@
-"""How the manager starts processes: main processes, generations, control commands, hooks.
+"""How the manager starts processes: main processes, generations, commands, hooks.
 
-A mixin of ``Manager``. Every child gets the unit's environment (``environment``),
-its fds laid out at 3.. (``spawn``), and output pipes whose lines are prefixed
-``unit[pid]:``; its exit reaches whoever ``watch``-es its pid, through the one
-reaper of the manager.
+Every child gets the unit's environment (:mod:`.environment`), its fds laid
+out at 3.. (:mod:`aeterna.linux.spawn`), and output pipes whose lines are
+prefixed ``unit[pid]:``. Its exit reaches whoever watches its pid, through the
+manager's one reaper; a main process is found through the pid index instead.
 """
 
 from __future__ import annotations
@@ -13,72 +13,78 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ..linux import proc
 from ..linux.output import LineRelay, make_pipe
-from ..linux.spawn import SpawnError, SpawnRequest, spawn
-from ..model import ServiceType, Unit
+from ..linux.spawn import SpawnError, spawn
+from ..log import Log
+from ..model import ServiceType, UnitSpec
 from ..results import ExitInfo
-from ..unit.runtime import Event, UnitRuntime
+from ..unit.commands import command_env
+from ..unit.runtime import UnitRuntime
+from ..unit.states import Event
 from . import environment
 
-if TYPE_CHECKING:
-    from ..log import Log
-    from ..relay.coordinator import Coordinator
-    from ..relay.relay import Relay
-    from ..relay.srp import SrpUnit
-    from .notify_endpoint import NotifyEndpoint
+ExitCallback = Callable[[ExitInfo], None]
 
 
-class Spawning:
+class SpawnerHost(Protocol):
+    """What the spawner needs of the manager."""
+
+    def watch(self, pid: int, callback: ExitCallback) -> None: ...
+    def shares_listeners(self, runtime: UnitRuntime) -> bool: ...
+    def srp_channel(self, runtime: UnitRuntime, spec: UnitSpec, generation: int) -> int: ...
+    def background(self, coro: Coroutine[Any, Any, None]) -> None: ...
+
+
+class Spawner:
     """Starts every process the manager owns."""
 
-    loop: asyncio.AbstractEventLoop | None
-    log: Log
-    relays: Coordinator
-    notify: NotifyEndpoint
-    base_env: dict[str, str]
+    def __init__(self, loop: asyncio.AbstractEventLoop, log: Log, host: SpawnerHost,
+                 base_env: dict[str, str], notify_path: str, nofile: int | None = None):
+        self.loop = loop
+        self.log = log
+        self.host = host
+        self.base_env = base_env
+        self.notify_path = notify_path
+        self.nofile = nofile  # children's soft RLIMIT_NOFILE: the one we were started with
 
-    def watch(self, pid: int, callback: Callable[[ExitInfo], None]) -> None: ...  # pragma: no cover
-    def srp_for(self, runtime: UnitRuntime, unit: Unit) -> SrpUnit | None: ...  # pragma: no cover
-    def _background(self, coro: Coroutine[Any, Any, None]) -> None: ...  # pragma: no cover
+    def main(self, runtime: UnitRuntime) -> int:
+        """The unit's main process (its current definition and generation)."""
+        return self.process(runtime, runtime.spec, runtime.generation)
 
-    def _shares_listeners(self, runtime: UnitRuntime) -> bool:
-        """Is another generation of this unit alive (and so using its listeners)?"""
-        return (runtime.main_pid is not None or runtime.name in self.relays.current
-                or self.relays.draining_count(runtime.name) > 0)
-
-    def spawn_main(self, runtime: UnitRuntime) -> int:
-        """Start the unit's main process (its current definition and generation)."""
-        return self.spawn_process(runtime, runtime.unit, runtime.generation)
-
-    def spawn_control(self, runtime: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int:
+    def command(self, runtime: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int:
         """An ExecStartPre/Post/Stop/Reload command: the unit's env and MAINPID, no fds."""
-        pid = self.spawn_process(runtime, runtime.unit, runtime.generation, argv, "control",
-                                 extra_env=runtime.control_env(runtime.main_pid), argv0=argv0)
-        self.watch(pid, lambda info: runtime.dispatch(Event.CONTROL_EXITED, info=info))
+        pid = self.process(runtime, runtime.spec, runtime.generation, argv, "command",
+                           extra_env=command_env(runtime.main_pid), argv0=argv0)
+
+        def exited(info: ExitInfo) -> None:
+            if runtime.commands.pid == pid:  # not one killed and forgotten since
+                runtime.dispatch(Event.COMMAND_EXITED, info=info)
+
+        self.host.watch(pid, exited)
         return pid
 
-    def spawn_generation(self, runtime: UnitRuntime, unit: Unit, generation: int,
-                         relay: Relay) -> int:
-        """Start N+1 for a relay, on the unit's sockets, watched by the relay."""
-        pid = self.spawn_process(runtime, unit, generation)
-        self.watch(pid, relay.canary_exited)
-        self.log.info("relay.started", unit=unit.name, pid=pid, generation=generation)
+    def generation(self, runtime: UnitRuntime, spec: UnitSpec, generation: int,
+                   exited: ExitCallback) -> int:
+        """N+1 for a relay, on the unit's sockets; ``exited`` hears of its end."""
+        pid = self.process(runtime, spec, generation)
+        self.host.watch(pid, exited)
+        self.log.info("relay.started", unit=spec.name, pid=pid, generation=generation)
         return pid
 
-    def spawn_process(self, runtime: UnitRuntime, unit: Unit, generation: int,
-                      argv: tuple[str, ...] | None = None, label: str = "",
-                      extra_env: dict[str, str] | None = None, argv0: str = "") -> int:
+    def process(self, runtime: UnitRuntime, spec: UnitSpec, generation: int,
+                argv: tuple[str, ...] | None = None, label: str = "",
+                extra_env: dict[str, str] | None = None, argv0: str = "") -> int:
         """Fork/exec with env, identity and output pipes prefixed ``unit[pid]``."""
-        assert self.loop is not None
-        req = self.build_request(runtime, unit, generation)
+        req = environment.build_request(runtime, spec, generation, self.base_env,
+                                        self.notify_path, self.nofile)
         changes: dict[str, Any] = {}  # applied with one dataclasses.replace below
         srp_child = -1
-        if argv is not None:  # a hook or probe: the unit's environment, no fds
-            # systemd: control processes get NOTIFY_SOCKET only with NotifyAccess=exec|all.
-            access = unit.service.effective_notify_access().value
+        if argv is not None:  # a command, hook or probe: the unit's environment, no fds
+            # systemd: such processes get NOTIFY_SOCKET only with NotifyAccess=exec|all.
+            access = spec.service.effective_notify_access().value
             env = {k: v for k, v in req.env.items()
                    if not k.startswith(("LISTEN_", "WATCHDOG_")) and k != "FDSTORE"
                    and (k != "NOTIFY_SOCKET" or access in ("exec", "all"))}
@@ -86,27 +92,27 @@ class Spawning:
             changes.update(argv=argv, pass_fds=(), blocking_fds=frozenset(), pid_env=(),
                            argv0=argv0, env=env)
         else:
-            if self._shares_listeners(runtime):
+            if self.host.shares_listeners(runtime):
                 # O_NONBLOCK lives on the open file description, which a running
                 # generation shares: clearing it under an app that accepts until
                 # EAGAIN (asyncio, Go, nginx) would block that app in accept().
                 changes["blocking_fds"] = frozenset()
-            srp = self.srp_for(runtime, unit)
-            if srp is not None and unit.orchestration.state_handoff.enabled:
+            handoff = spec.orchestration.state_handoff
+            if handoff.enabled:
                 # The SRP end goes right after the LISTEN_FDS range (docs/srp.md §2).
-                srp_child = srp.open_channel(generation)
+                srp_child = self.host.srp_channel(runtime, spec, generation)
                 target = 3 + len(req.pass_fds)
                 env = dict(req.env, AETERNA_SRP_FD=str(target))
-                if unit.orchestration.state_handoff.socket_path:
-                    env["AETERNA_SRP_SOCKET"] = unit.orchestration.state_handoff.socket_path
-                if unit.orchestration.state_handoff.required:
+                if handoff.socket_path:
+                    env["AETERNA_SRP_SOCKET"] = handoff.socket_path
+                if handoff.required:
                     env["AETERNA_SRP_REQUIRED"] = "1"
                 changes.update(extra_fd=(srp_child, target), env=env)
         out_r, out_w = make_pipe()
         err_r, err_w = make_pipe()
         try:
             req = environment.with_(req, stdout=out_w, stderr=err_w, **changes)
-            pid = spawn(req, exact_exec=argv is None and unit.service.type is ServiceType.EXEC)
+            pid = spawn(req, exact_exec=argv is None and spec.service.type is ServiceType.EXEC)
         except BaseException:
             for fd in (out_r, err_r):
                 os.close(fd)
@@ -124,14 +130,13 @@ class Spawning:
     async def run_helper(self, runtime: UnitRuntime, argv: tuple[str, ...], timeout: float,
                          label: str) -> ExitInfo | None:
         """Run a hook or exec probe to its end; None (and SIGKILL) if it times out."""
-        assert self.loop is not None
         try:
-            pid = self.spawn_process(runtime, runtime.unit, runtime.generation, argv, label)
+            pid = self.process(runtime, runtime.spec, runtime.generation, argv, label)
         except (SpawnError, OSError) as exc:
             self.log.warning("hook.failed", unit=runtime.name, hook=label, error=str(exc))
             return ExitInfo(code=exc.exit_status if isinstance(exc, SpawnError) else 1)
         fut: asyncio.Future[ExitInfo] = self.loop.create_future()
-        self.watch(pid, lambda info: None if fut.done() else fut.set_result(info))
+        self.host.watch(pid, lambda info: None if fut.done() else fut.set_result(info))
         try:
             return await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
@@ -140,15 +145,11 @@ class Spawning:
                              timeout=timeout)
             return None
 
-    def spawn_background_hook(self, runtime: UnitRuntime, argv: tuple[str, ...],
-                              outcome: str) -> None:
+    def background_hook(self, runtime: UnitRuntime, argv: tuple[str, ...],
+                        outcome: str) -> None:
         """post_process hooks: run, log their result, never block the relay."""
         async def run() -> None:
             info = await self.run_helper(runtime, argv, 60.0, "post-process")
             self.log.info("hook.done", unit=runtime.name, hook="post-process",
                           outcome=outcome, result=str(info) if info else "timeout")
-        self._background(run())
-
-    def build_request(self, runtime: UnitRuntime, unit: Unit, generation: int) -> SpawnRequest:
-        return environment.build_request(runtime, unit, generation, self.base_env,
-                                         self.notify.path)
+        self.host.background(run())

@@ -1,9 +1,8 @@
-"""The manager's side of SRP, the State Relay Protocol (docs/srp.md).
+"""The manager's side of SRP, the State Relay Protocol (docs/srp.md): channels and checkpoints.
 
-Per unit: one SEQPACKET channel per generation, the latest checkpoint (fds the
-manager owns, never reads), and the handoff that runs during a relay:
-N+1 asks -> N checkpoints -> seals and sizes are checked -> N+1 loads. On a
-rollback the newest state goes back to N with ``RESUME=1``.
+Per unit: one SEQPACKET channel per generation, and the latest checkpoint
+(fds the manager owns, never reads), persisted when ``persist_dir`` is set.
+The relay handoff that uses them is :class:`aeterna.relay.handoff.Handoff`.
 """
 
 from __future__ import annotations
@@ -12,20 +11,31 @@ import asyncio
 import json
 import os
 import socket
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from ..linux.fds import close_fds as close_all
-from ..linux.fds import recv_record
+from ..linux.fds import close_fds, recv_record
 from ..linux.memfd import check_state
+from ..log import Log
+from ..model import StateHandoff
+from ..unit.runtime import UnitRuntime
 from ..wire.srp import SrpError, SrpMessage, format_message, parse, state_fields
+from .handoff import Handoff, HandoffResult
 
 if TYPE_CHECKING:
-    from ..manager.manager import Manager
-    from ..unit.runtime import UnitRuntime
     from .relay import Relay
 
 Reply = tuple[SrpMessage, list[int]]
+
+
+class SrpHost(Protocol):
+    log: Log
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None: ...
+    def remove_reader(self, fd: int) -> None: ...
+    def relay_of(self, name: str) -> Relay | None: ...
+    def background(self, coro: Coroutine[Any, Any, None]) -> None: ...
 
 
 @dataclass
@@ -35,7 +45,7 @@ class Checkpoint:
     generation: int
 
     def close(self) -> None:
-        close_all(self.fds)
+        close_fds(self.fds)
 
 
 @dataclass
@@ -59,23 +69,25 @@ class Channel:
 
 
 class SrpUnit:
-    """SRP for one unit: channels, the kept checkpoint, handoffs and rollbacks."""
+    """SRP for one unit: its channels and the checkpoint it keeps."""
 
-    def __init__(self, manager: Manager, runtime: UnitRuntime):
-        self.m = manager
+    def __init__(self, host: SrpHost, runtime: UnitRuntime):
+        self.host = host
+        self.log = host.log
         self.runtime = runtime
         self.channels: dict[int, Channel] = {}
         self.latest: Checkpoint | None = None
         self._seq = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._relay_settings: Any = None  # during a relay: N+1's definition decides
         self.load_persisted()
 
     @property
-    def settings(self) -> Any:
-        if self._relay_settings is not None:
-            return self._relay_settings
-        return self.runtime.unit.orchestration.state_handoff
+    def name(self) -> str:
+        return self.runtime.name
+
+    @property
+    def settings(self) -> StateHandoff:
+        """The serving definition's settings (a handoff carries N+1's)."""
+        return self.runtime.spec.orchestration.state_handoff
 
     # ------------------------------------------------------------ channels
     def open_channel(self, generation: int) -> int:
@@ -84,17 +96,17 @@ class SrpUnit:
         ours.setblocking(False)
         chan = Channel(ours, generation)
         self.channels[generation] = chan
-        assert self.m.loop is not None
-        self.m.loop.add_reader(ours.fileno(), self._readable, chan)
-        fd = theirs.detach()
-        return fd
+        self.host.add_reader(ours.fileno(), lambda: self._readable(chan))
+        return theirs.detach()
+
+    def has_channel(self, generation: int) -> bool:
+        return generation in self.channels
 
     def _close_channel(self, chan: Channel) -> None:
         if chan.closed:
             return
         chan.closed = True
-        assert self.m.loop is not None
-        self.m.loop.remove_reader(chan.sock.fileno())
+        self.host.remove_reader(chan.sock.fileno())
         chan.sock.close()
         self.channels.pop(chan.generation, None)
         for fut in chan.waiters.values():
@@ -122,9 +134,9 @@ class SrpUnit:
                     raise SrpError("truncated")
                 msg = parse(data)
             except SrpError as exc:
-                close_all(fds)
-                self.m.log.warning("srp.dropped", unit=self.runtime.name,
-                                   generation=chan.generation, reason=exc.reason)
+                close_fds(fds)
+                self.log.warning("srp.dropped", unit=self.name, generation=chan.generation,
+                                 reason=exc.reason)
                 continue
             self._on_message(chan, msg, fds)
 
@@ -135,123 +147,127 @@ class SrpUnit:
             waiter.set_result((msg, fds))
             return
         if msg.verb == "HELLO":
-            close_all(fds)
+            close_fds(fds)
             if msg.get("WANT_STATE") == "1":
-                self._spawn_task(self._want_state(chan.generation))
+                self.host.background(self._want_state(chan.generation))
             return
         if msg.verb == "STATE" and msg.ok and seq is None:
             if chan.generation != self.runtime.generation:
                 # A canary being rolled back, or a draining N, must not overwrite
                 # the serving generation's checkpoint.
-                close_all(fds)
-                self.m.log.info("srp.push-ignored", unit=self.runtime.name,
-                                generation=chan.generation, reason="not the serving generation")
+                close_fds(fds)
+                self.log.info("srp.push-ignored", unit=self.name, generation=chan.generation,
+                              reason="not the serving generation")
                 return
-            self._keep(msg, fds, chan.generation, "push")
+            self._keep(msg, fds, chan.generation, "push", self.settings)
             return
-        close_all(fds)
-        self.m.log.debug("srp.unexpected", unit=self.runtime.name, verb=msg.verb, seq=seq)
-
-    def _spawn_task(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        close_fds(fds)
+        self.log.debug("srp.unexpected", unit=self.name, verb=msg.verb, seq=seq)
 
     # ----------------------------------------------------------- checkpoints
-    def _keep(self, msg: SrpMessage, fds: list[int], generation: int, how: str) -> str | None:
+    def _keep(self, msg: SrpMessage, fds: list[int], generation: int, how: str,
+              settings: StateHandoff) -> str | None:
         """Check and keep a checkpoint as the latest; returns the rejection reason."""
-        reason = check_state(msg, fds, self.settings.max_size)
+        reason = check_state(msg, fds, settings.max_size)
         if reason is not None:
-            close_all(fds)
-            self.m.log.warning("srp.rejected", unit=self.runtime.name, generation=generation,
-                               how=how, reason=reason)
+            close_fds(fds)
+            self.log.warning("srp.rejected", unit=self.name, generation=generation, how=how,
+                             reason=reason)
             return reason
         if self.latest is not None:
             self.latest.close()
         self.latest = Checkpoint(state_fields(msg), fds, generation)
-        self.m.log.info("srp.checkpoint", unit=self.runtime.name, generation=generation,
-                        how=how, size=msg.get("SIZE"), fds=len(fds))
-        if self.settings.persist_dir:
-            self.persist()
+        self.log.info("srp.checkpoint", unit=self.name, generation=generation, how=how,
+                      size=msg.get("SIZE"), fds=len(fds))
+        if settings.persist_dir:
+            self.persist(settings.persist_dir)
         return None
 
-    async def _request(self, generation: int, verb: str, reply_verb: str,
+    async def _request(self, generation: int, verb: str, reply_verb: str, timeout: float,
                        fds: list[int] | None = None, **fields: object) -> Reply | str:
-        """Send a message carrying a new SEQ and wait for the matching reply."""
+        """Send a message carrying a new SEQ and wait for the matching reply; or the
+        word for why not: "timeout", "peer-gone"."""
         chan = self.channels.get(generation)
         if chan is None:
             return "peer-gone"
         self._seq += 1
         seq = self._seq
-        assert self.m.loop is not None
-        fut: asyncio.Future[Reply] = self.m.loop.create_future()
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         chan.waiters[(reply_verb, seq)] = fut
         if not chan.send(format_message(verb, 1, SEQ=seq, **fields), fds):
             chan.waiters.pop((reply_verb, seq), None)
             return "peer-gone"
         try:
-            return await asyncio.wait_for(fut, self.settings.timeout)
+            return await asyncio.wait_for(fut, timeout)
         except TimeoutError:
             chan.waiters.pop((reply_verb, seq), None)
             return "timeout"
         except ConnectionError:
             return "peer-gone"
 
-    async def checkpoint(self, generation: int, reason: str) -> str | None:
+    async def checkpoint(self, generation: int, reason: str,
+                         settings: StateHandoff) -> HandoffResult | None:
         """Ask ``generation`` for its state and keep it; None on success, else why not."""
-        reply = await self._request(generation, "CHECKPOINT", "STATE", REASON=reason)
+        reply = await self._request(generation, "CHECKPOINT", "STATE", settings.timeout,
+                                    REASON=reason)
         if isinstance(reply, str):
-            return "checkpoint-timeout" if reply == "timeout" else reply
+            return (HandoffResult.CHECKPOINT_TIMEOUT if reply == "timeout"
+                    else HandoffResult.PEER_GONE)
         msg, fds = reply
         if not msg.ok:
-            close_all(fds)
-            return "checkpoint-refused"
-        return "rejected" if self._keep(msg, fds, generation, reason) else None
+            close_fds(fds)
+            return HandoffResult.CHECKPOINT_REFUSED
+        if self._keep(msg, fds, generation, reason, settings) is not None:
+            return HandoffResult.REJECTED
+        return None
 
-    async def give(self, generation: int, verb: str = "STATE") -> str | None:
+    async def give(self, generation: int, settings: StateHandoff,
+                   verb: str = "STATE") -> HandoffResult | None:
         """Send the latest checkpoint (or STATE=0 none); None once LOADED=1 came back."""
         if self.latest is None:
             chan = self.channels.get(generation)
             if chan is not None:
                 chan.send(format_message("STATE", 0, REASON="none"))
-            return "none"
-        reply = await self._request(generation, verb, "LOADED", list(self.latest.fds),
-                                    **self.latest.fields)
+            return HandoffResult.NONE
+        reply = await self._request(generation, verb, "LOADED", settings.timeout,
+                                    list(self.latest.fds), **self.latest.fields)
         if isinstance(reply, str):
-            return "load-timeout" if reply == "timeout" else reply
+            return HandoffResult.LOAD_TIMEOUT if reply == "timeout" else HandoffResult.PEER_GONE
         msg, fds = reply
-        close_all(fds)
+        close_fds(fds)
         if not msg.ok:
-            self.m.log.warning("srp.load-failed", unit=self.runtime.name,
-                               generation=generation, error=msg.get("ERROR"))
-            return "load-failed"
+            self.log.warning("srp.load-failed", unit=self.name, generation=generation,
+                             error=msg.get("ERROR"))
+            return HandoffResult.LOAD_FAILED
         self._release_connections()
         return None
+
+    async def resume_own(self, generation: int, settings: StateHandoff, reason: str) -> str:
+        """``RESUME=1`` without fds: keep the state you have and take work again."""
+        reply = await self._request(generation, "RESUME", "LOADED", settings.timeout,
+                                    REASON=reason)
+        if isinstance(reply, str):
+            return reply
+        close_fds(reply[1])
+        return "keep-own-state"
 
     def _release_connections(self) -> None:
         """The receiver adopted the connections: our copies must go, or a client
         would see no FIN when its new owner closes, and a later generation could
         be handed a connection that is already someone else's."""
         ck = self.latest
-        if ck is None:
+        if ck is None or "conn" not in _split(ck.fields.get("FDKINDS", "")):
             return
-        kinds = ck.fields.get("FDKINDS", "").split(":") if ck.fields.get("FDKINDS") else []
-        if "conn" not in kinds:
-            return
-        names = ck.fields.get("FDNAMES", "").split(":") if ck.fields.get("FDNAMES") else []
-        keep_fds, keep_names, keep_kinds = [], [], []
-        for i, (fd, kind) in enumerate(zip(ck.fds, kinds, strict=False)):
-            if kind == "conn":
+        kinds = _split(ck.fields.get("FDKINDS", ""))
+        names = _split(ck.fields.get("FDNAMES", ""))
+        keep = [i for i, kind in enumerate(kinds) if kind != "conn"]
+        for i, fd in enumerate(ck.fds):
+            if i < len(kinds) and kinds[i] == "conn":
                 os.close(fd)
-                continue
-            keep_fds.append(fd)
-            keep_kinds.append(kind)
-            if names:
-                keep_names.append(names[i])
-        ck.fds = keep_fds
-        ck.fields["FDKINDS"] = ":".join(keep_kinds)
+        ck.fds = [ck.fds[i] for i in keep]
+        ck.fields["FDKINDS"] = ":".join(kinds[i] for i in keep)
         if names:
-            ck.fields["FDNAMES"] = ":".join(keep_names)
+            ck.fields["FDNAMES"] = ":".join(names[i] for i in keep)
 
     def refuse(self, generation: int, reason: str) -> None:
         chan = self.channels.get(generation)
@@ -261,89 +277,49 @@ class SrpUnit:
     # -------------------------------------------------------------- flows
     async def _want_state(self, generation: int) -> None:
         """A generation asked for state: a relay handoff, or the kept checkpoint."""
-        relay = self.m.relays.current.get(self.runtime.name)
+        relay = self.host.relay_of(self.name)
         if relay is not None and relay.generation == generation:
-            await self.handoff(relay)
+            await self.hand_over(relay)
             return
-        outcome = await self.give(generation)
-        self.m.log.info("srp.restore", unit=self.runtime.name, generation=generation,
-                        outcome=outcome or "loaded")
+        outcome = await self.give(generation, self.settings)
+        self.log.info("srp.restore", unit=self.name, generation=generation,
+                      outcome=outcome.value if outcome else "loaded")
 
-    async def handoff(self, relay: Relay) -> None:
+    async def hand_over(self, relay: Relay) -> None:
         """docs/srp.md §5: N checkpoints, the manager checks, N+1 loads."""
-        self._relay_settings = relay.unit.orchestration.state_handoff
-        serving = self.runtime.generation
-        reason: str | None = None
-        if serving in self.channels and self.runtime.main_pid is not None:
-            # From here on N may have stopped taking work, whatever its answer:
-            # a rollback must tell it to resume.
-            relay.handoff_checkpointed = True
-            reason = await self.checkpoint(serving, "relay")
-            relay.handoff_fresh = reason is None
-        if reason is None:
-            reason = await self.give(relay.generation)
-            if reason == "none" and not relay.handoff_checkpointed:
-                reason = None  # nothing to hand over is not a failure
-        relay.handoff = reason or "ok"
-        required = self.settings.required
-        self._relay_settings = None
-        self.m.log.info("srp.handoff", unit=self.runtime.name, generation=relay.generation,
-                        outcome=relay.handoff)
-        if reason is None:
+        settings = relay.spec.orchestration.state_handoff
+        handoff = relay.handoff = Handoff(self, self.runtime.generation, relay.generation,
+                                          settings)
+        result = await handoff.run(serving_alive=self.runtime.main_pid is not None)
+        self.log.info("srp.handoff", unit=self.name, generation=relay.generation,
+                      outcome=result.value)
+        if not handoff.failed:
             return
-        if required:
-            from .relay import Reason, RelayFailed
+        if settings.required:
+            relay.handoff_failed(result)
+        elif result is not HandoffResult.LOAD_FAILED:
+            self.refuse(relay.generation, result.value)
 
-            relay.fail(RelayFailed(Reason.HANDOFF, reason))
-        elif reason not in ("load-failed", "none"):
-            self.refuse(relay.generation, reason)
-
-    async def rollback(self, relay: Relay) -> None:
-        """N was asked to checkpoint, so it may have stopped taking work: resume it.
-
-        With the newest state (N+1's, if it loaded N's and can still checkpoint;
-        else the one N gave). If no state of this relay was kept (N's answer was
-        late or rejected), N is told to keep its own: ``RESUME=1`` without fds.
-        """
-        if not relay.handoff_checkpointed:
+    async def rollback(self, handoff: Handoff) -> None:
+        """N was asked to checkpoint, so it may have stopped taking work: resume it."""
+        if not handoff.checkpointed:
             return
-        self._relay_settings = relay.unit.orchestration.state_handoff
-        try:
-            if relay.handoff == "ok" and relay.generation in self.channels:
-                why = await self.checkpoint(relay.generation, "rollback")
-                relay.handoff_fresh = relay.handoff_fresh or why is None
-                self.m.log.info("srp.rollback-checkpoint", unit=self.runtime.name,
-                                generation=relay.generation, outcome=why or "ok")
-            serving = self.runtime.generation
-            if relay.handoff_fresh and self.latest is not None:
-                outcome = await self.give(serving, verb="RESUME")
-            else:
-                # No fds: "keep the state you have and take work again".
-                reply = await self._request(serving, "RESUME", "LOADED",
-                                            REASON=relay.handoff or "rollback")
-                if isinstance(reply, str):
-                    outcome = reply
-                else:
-                    close_all(reply[1])
-                    outcome = "keep-own-state"
-            self.m.log.info("srp.resume", unit=self.runtime.name, generation=serving,
-                            outcome=outcome or "loaded")
-        finally:
-            self._relay_settings = None
+        outcome = await handoff.rollback()
+        self.log.info("srp.resume", unit=self.name, generation=handoff.serving, outcome=outcome)
 
     # --------------------------------------------------------- persistence
-    def _persist_path(self) -> str:
-        return os.path.join(self.settings.persist_dir, f"{self.runtime.name}.srp")
+    def _persist_path(self, directory: str) -> str:
+        return os.path.join(directory, f"{self.name}.srp")
 
-    def persist(self) -> None:
+    def persist(self, directory: str) -> None:
         """Write the latest checkpoint atomically: temp file, fsync, rename."""
         ck = self.latest
         if ck is None:
             return
-        kinds = ck.fields.get("FDKINDS", "").split(":")
+        kinds = _split(ck.fields.get("FDKINDS", ""))
         blobs = [fd for fd, k in zip(ck.fds, kinds, strict=False) if k != "conn"]
-        path = self._persist_path()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
+        path = self._persist_path(directory)
+        os.makedirs(directory, exist_ok=True)
         tmp = f"{path}.tmp-{os.getpid()}"
         header = {"fields": ck.fields, "sizes": [os.fstat(fd).st_size for fd in blobs],
                   "generation": ck.generation}
@@ -363,10 +339,12 @@ class SrpUnit:
 
     def load_persisted(self) -> None:
         """At manager start: the persisted checkpoint back into sealed memfds."""
-        if not self.settings.enabled or not self.settings.persist_dir:
+        settings = self.settings
+        if not settings.enabled or not settings.persist_dir:
             return
+        path = self._persist_path(settings.persist_dir)
         try:
-            f = open(self._persist_path(), "rb")  # noqa: SIM115
+            f = open(path, "rb")  # noqa: SIM115
         except OSError:
             return
         with f:
@@ -375,18 +353,22 @@ class SrpUnit:
                 fields: dict[str, str] = dict(header["fields"])
                 sizes = [int(s) for s in header["sizes"]]
             except (ValueError, KeyError, TypeError):
-                self.m.log.warning("srp.persisted-unreadable", unit=self.runtime.name)
+                self.log.warning("srp.persisted-unreadable", unit=self.name)
                 return
             from ..linux.memfd import sealed_from_file
 
-            kinds = [k for k in fields.get("FDKINDS", "").split(":") if k != "conn"]
-            fds = [sealed_from_file(f, size, kind) for size, kind in zip(sizes, kinds,
-                                                                        strict=False)]
-        names = fields.get("FDNAMES", "").split(":")
-        allkinds = fields.get("FDKINDS", "").split(":")
-        kept = [(n, k) for n, k in zip(names, allkinds, strict=False) if k != "conn"]
+            kinds = [k for k in _split(fields.get("FDKINDS", "")) if k != "conn"]
+            fds = [sealed_from_file(f, size, kind)
+                   for size, kind in zip(sizes, kinds, strict=False)]
+        kept = [(n, k) for n, k in zip(fields.get("FDNAMES", "").split(":"),
+                                       fields.get("FDKINDS", "").split(":"), strict=False)
+                if k != "conn"]
         fields["FDNAMES"] = ":".join(n for n, _ in kept)
         fields["FDKINDS"] = ":".join(k for _, k in kept)
         self.latest = Checkpoint(fields, fds, int(header.get("generation", 0)))
-        self.m.log.info("srp.restored-from-disk", unit=self.runtime.name,
-                        size=sum(sizes), path=self._persist_path())
+        self.log.info("srp.restored-from-disk", unit=self.name, size=sum(sizes), path=path)
+
+
+def _split(text: str) -> list[str]:
+    """A colon-separated FDKINDS=/FDNAMES= list ("" is none)."""
+    return text.split(":") if text else []

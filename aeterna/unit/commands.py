@@ -1,105 +1,116 @@
-"""Control commands of a unit: ExecStartPre=, ExecStartPost=, ExecStop=, ExecReload=.
+"""A unit's commands: ExecStartPre=, ExecStartPost=, ExecStop=, ExecReload=.
 
-A mixin of ``UnitRuntime``. Each list runs one command at a time in a state of
-its own (START_PRE, START_POST, STOP_PRE, RELOADING), under one deadline for
-the whole list; a command prefixed with ``-`` may fail. Control processes get
-the unit's environment (plus ``MAINPID``) but no fds, as in systemd.
+Each list runs one command at a time in a state of its own (START_PRE,
+START_POST, STOP_PRE, RELOADING), under one deadline for the whole list; a
+command prefixed with ``-`` may fail. Commands get the unit's environment
+(plus ``MAINPID``) but no fds, as in systemd. ("Control" in Aeterna means the
+control socket only; these are the unit's commands.)
+
+:class:`CommandQueue` is the state, one per unit; the functions are the
+unit's transitions for ``COMMAND_EXITED`` and ``TIMEOUT`` in those states,
+named in the unit's table.
 """
 
 from __future__ import annotations
 
 import signal
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from ..linux import proc
 from ..linux.spawn import SpawnError
 from ..loader.systemd_words import ExecCommand
-from ..model import Unit
 from ..results import ExitInfo, Result
 from .states import Event, State
 
 if TYPE_CHECKING:
-    from .runtime import Host
+    from .runtime import UnitRuntime
 
 
-class ControlCommands:
-    """Runs a unit's control command lists as steps of its lifecycle."""
+def _nothing() -> None:
+    pass
 
-    unit: Unit
-    host: Host
-    state: State
-    control_pid: int | None
-    _controls: list[ExecCommand]
-    _control_ignore: bool
-    _controls_done: Callable[[], None]
-    _controls_failed: Callable[[], None]
 
-    def _set_state(self, state: State) -> None: ...  # pragma: no cover
-    def _arm(self, delay: float, event: Event) -> None: ...  # pragma: no cover
-    def _disarm(self) -> None: ...  # pragma: no cover
-    def _fail(self, result: Result) -> None: ...  # pragma: no cover
+@dataclass
+class CommandQueue:
+    """The commands of the list being run, and the one running now."""
 
-    @property
-    def _unit_name(self) -> str:
-        return self.unit.name
+    todo: list[ExecCommand] = field(default_factory=list)
+    pid: int | None = None
+    ignore_failure: bool = False  # the running command has the "-" prefix
+    done: Callable[[], None] = _nothing
+    failed: Callable[[], None] = _nothing
 
-    def _run_controls(self, cmds: tuple[tuple[str, ...], ...], state: State,
-                      done: Callable[[], None], failed: Callable[[], None]) -> None:
-        """Run ``cmds`` in ``state``; then ``done()``, or ``failed()`` at the first failure."""
-        self._controls = [ExecCommand.decode(c) for c in cmds]
-        self._controls_done = done
-        self._controls_failed = failed
-        self._set_state(state)
-        svc = self.unit.service
-        self._arm(svc.timeouts.stop if state is State.STOP_PRE else svc.timeouts.start,
-                  Event.TIMEOUT)
-        self._next_control()
 
-    def _next_control(self) -> None:
-        if not self._controls:
-            self.control_pid = None
-            self._disarm()
-            self._controls_done()
-            return
-        cmd = self._controls.pop(0)
-        self._control_ignore = cmd.ignore_failure
+def run(u: UnitRuntime, cmds: tuple[tuple[str, ...], ...], state: State,
+        done: Callable[[], None], failed: Callable[[], None]) -> None:
+    """Run ``cmds`` in ``state``; then ``done()``, or ``failed()`` at the first failure."""
+    q = u.commands
+    q.todo = [ExecCommand.decode(c) for c in cmds]
+    q.done, q.failed = done, failed
+    u.enter(state)
+    svc = u.spec.service
+    u.arm(svc.timeouts.stop if state is State.STOP_PRE else svc.timeouts.start, Event.TIMEOUT)
+    _next(u)
+
+
+def _next(u: UnitRuntime) -> None:
+    q = u.commands
+    while q.todo:
+        cmd = q.todo.pop(0)
+        q.ignore_failure = cmd.ignore_failure
         try:
-            self.control_pid = self.host.spawn_control(self, cmd.argv, cmd.argv0)  # type: ignore[arg-type]
-        except (SpawnError, OSError) as exc:
-            self.host.warning("unit.control-failed", unit=self._unit_name,
-                              state=self.state.value, command=cmd.argv[0], error=str(exc))
-            if cmd.ignore_failure:
-                self._next_control()
-                return
-            self._disarm()
-            self._fail(Result.EXEC)
-            self._controls_failed()
-
-    def control_exited(self, info: ExitInfo) -> None:
-        """A control command ended: the next one, or the failure path."""
-        self.control_pid = None
-        if info.code == 0 or self._control_ignore:
-            self._next_control()
+            _set_pid(u, u.host.spawn_command(u, cmd.argv, cmd.argv0))
             return
-        self._disarm()
-        self._fail(Result.EXIT_CODE if info.signal is None else Result.SIGNAL)
-        self.host.warning("unit.control-failed", unit=self._unit_name, state=self.state.value,
-                          how=str(info))
-        self._controls_failed()
+        except (SpawnError, OSError) as exc:
+            u.host.warning("unit.command-failed", unit=u.name, state=u.state.value,
+                           command=cmd.argv[0], error=str(exc))
+            if not cmd.ignore_failure:
+                u.disarm()
+                u.record_failure(Result.EXEC)
+                q.failed()
+                return
+    _set_pid(u, None)
+    u.disarm()
+    q.done()
 
-    def control_timeout(self) -> None:
-        """The command list did not finish in time: SIGKILL the command, fail the step."""
-        self._kill_control()
-        self._fail(Result.TIMEOUT)
-        self.host.warning("unit.control-timeout", unit=self._unit_name, state=self.state.value)
-        self._controls = []
-        self._controls_failed()
 
-    def _kill_control(self) -> None:
-        if self.control_pid is not None:
-            proc.kill_group(self.control_pid, signal.SIGKILL)
-            self.control_pid = None
+def _set_pid(u: UnitRuntime, pid: int | None) -> None:
+    # A command runs in a session of its own: its pid is its group, which is
+    # how a notify datagram from it (NotifyAccess=exec) finds the unit.
+    u.host.pids.group(u, u.commands.pid, pid)
+    u.commands.pid = pid
 
-    def control_env(self, main_pid: int | None) -> dict[str, Any]:
-        return {"MAINPID": str(main_pid)} if main_pid is not None else {}
+
+def command_exited(u: UnitRuntime, info: ExitInfo) -> None:
+    """A command ended: the next one, or the failure path."""
+    _set_pid(u, None)
+    if info.code == 0 or u.commands.ignore_failure:
+        _next(u)
+        return
+    u.disarm()
+    u.record_failure(Result.EXIT_CODE if info.signal is None else Result.SIGNAL)
+    u.host.warning("unit.command-failed", unit=u.name, state=u.state.value, how=str(info))
+    u.commands.failed()
+
+
+def command_timeout(u: UnitRuntime) -> None:
+    """The list did not finish in time: SIGKILL the command, fail the step."""
+    kill(u)
+    u.record_failure(Result.TIMEOUT)
+    u.host.warning("unit.command-timeout", unit=u.name, state=u.state.value)
+    u.commands.todo = []
+    u.commands.failed()
+
+
+def kill(u: UnitRuntime) -> None:
+    """SIGKILL the running command, if any (its exit is then of no interest)."""
+    pid = u.commands.pid
+    if pid is not None:
+        u.host.kill(pid, signal.SIGKILL, group=True)
+        _set_pid(u, None)
+
+
+def command_env(main_pid: int | None) -> dict[str, str]:
+    """What a command gets on top of the unit's environment."""
+    return {"MAINPID": str(main_pid)} if main_pid is not None else {}

@@ -1,13 +1,17 @@
-"""The lifecycle of one unit: an enum of states, an enum of events, and a table.
+"""The running side of one unit: its process, state, timers and counters.
 
-``TRANSITIONS[(state, event)]`` names the handler ``<state>_<event>`` or
-``ignore``; every cell is filled and a test checks it. Each timed state has one
-deadline (start timeout, stop timeout, kill timeout, restart delay) whose expiry
-is just another event. Only the first failure of a run is recorded, as a
-``Result`` whose name is shared by logs, ``aeterna status`` and metrics.
+``dispatch(event)`` runs the handler that :data:`aeterna.unit.table.TRANSITIONS`
+holds for ``(state, event)``; every cell is filled (``ignore`` where nothing
+happens) and a test checks it. Each timed state has one deadline (start, stop,
+kill, restart delay) whose expiry is just another event. Only the first
+failure of a run is recorded, as a ``Result`` whose name is shared by logs,
+``aeterna status`` and metrics.
 
-The unit talks to the manager through the small ``Host`` protocol so that it
-needs no asyncio: the host owns the loop, the reaper and spawning.
+The unit talks to the manager only through the small :class:`Host` protocol:
+it spawns, signals and schedules through it and tells it of every change of
+state, which the host queues. A unit never dispatches to another unit, so the
+depth of the stack does not depend on how many units there are, and a fake
+host can drive the whole machine without processes (tests/pure).
 """
 
 from __future__ import annotations
@@ -17,95 +21,98 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ..linux import proc
 from ..linux.fdstore import FdStore
 from ..linux.sockets import Listener
 from ..linux.spawn import SpawnError
-from ..model import KillMode, NotifyAccess, ServiceType, Unit
+from ..model import KillMode, NotifyAccess, ServiceType, UnitSpec
 from ..results import ExitInfo, Result, errno_name
-from .commands import ControlCommands
+from . import commands, reload
+from .pids import PidIndex
 from .policy import StartLimiter, classify_exit, restart_delay, should_restart
-from .states import (
-    DOWN_STATES,
-    KILL_TIMEOUT,
-    RUNNING_STATES,
-    TRANSITIONS,
-    UP_STATES,
-    Event,
-    State,
-)
-from .watchdog import NotifyDriven
+from .states import DOWN_STATES, KILL_TIMEOUT, RUNNING_STATES, Deps, Event, State, Want
+from .watchdog import Notified, Timer, Watchdog, watchdog_usec
 
-__all__ = ["DOWN_STATES", "RUNNING_STATES", "TRANSITIONS", "UP_STATES", "Event", "Host",
-           "State", "UnitRuntime"]
+__all__ = ["Host", "UnitRuntime"]
 
 
 class Host(Protocol):
-    """What a unit needs from the manager."""
+    """What a unit needs from the manager (a fake host in tests/pure)."""
+
+    pids: PidIndex
 
     def spawn_main(self, unit: UnitRuntime) -> int: ...
-    def spawn_control(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int: ...
+    def spawn_command(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int: ...
     def watch_foreign(self, unit: UnitRuntime, pid: int) -> None: ...
-    def call_later(self, delay: float, callback: Callable[[], None]) -> Any: ...
-    def deps_state(self, unit: UnitRuntime) -> str: ...  # "up" | "waiting" | "failed"
-    def changed(self, unit: UnitRuntime) -> None: ...
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
+    def kill(self, pid: int, sig: int, group: bool) -> bool: ...  # False: no such process
+    def deps_state(self, unit: UnitRuntime) -> Deps: ...
+    def changed(self, unit: UnitRuntime) -> None: ...  # queued: never calls back into units
     def info(self, event: str, **fields: Any) -> None: ...
     def warning(self, event: str, **fields: Any) -> None: ...
 
 
-class UnitRuntime(NotifyDriven, ControlCommands):
-    """The running side of one unit: its process, state, timers and counters."""
+class UnitRuntime:
+    """One unit as it runs; ``spec`` is its frozen definition (``UnitSpec``)."""
 
-    def __init__(self, unit: Unit, host: Host):
-        self.unit = unit
+    def __init__(self, spec: UnitSpec, host: Host):
+        self.spec = spec
         self.host = host
         self.state = State.INACTIVE
         self.result = Result.SUCCESS
-        self.main_pid: int | None = None
-        self.pgid: int | None = None
+        self.want = Want.POLICY
+        self._main_pid: int | None = None
+        self._pgid: int | None = None
         self.generation = 0  # of the serving process
         self.last_generation = 0  # the highest generation number handed out
         self.restarts = 0
         self.restart_attempt = 0  # consecutive automatic restarts, for backoff
         self.started_at: float | None = None  # monotonic, of the current process
         self.last_exit: ExitInfo | None = None
-        self.status_text = ""
-        self.limiter = StartLimiter(unit.service.start_limit)
-        self.fdstore = FdStore(unit.service.fd_store_max) if unit.service.fd_store_max else None
+        self.limiter = StartLimiter(spec.service.start_limit)
+        self.fdstore = FdStore(spec.service.fd_store_max) if spec.service.fd_store_max else None
         self.listeners: list[Listener] = []  # bound by the manager, kept for its life
-        self.stop_requested = False  # a manual stop: never restart automatically
-        self.pending_start = False  # start again once stopped (restart verb)
-        self.restart_after_stop = False  # the stop was caused by a failure
-        self._timer: Any = None
-        self.control_pid: int | None = None  # an ExecStartPre/Post/Stop/Reload command
-        self._controls = []
-        self._control_ignore = False
+        self.notified = Notified()
+        self.watchdog = Watchdog(host.call_later, lambda: self.dispatch(Event.WATCHDOG))
+        self.commands = commands.CommandQueue()
+        self.reload = reload.ReloadState()
+        self._timer: Timer | None = None
         self._deadline = 0.0  # monotonic time the state timer fires
         self._timer_event = Event.TIMEOUT
-        # sd_notify-driven settings, reset at every start.
-        self.notify_access_override: NotifyAccess | None = None
-        self.watchdog_usec_override: int | None = None
-        self._wd_timer: Any = None
-        self._wd_deadline = 0.0
-        self.errno: int | None = None
-        self.notified_exit_status: int | None = None
-        self.stopping_notified = False
-        # notify-reload bookkeeping
-        self.reload_t0_usec = 0
-        self.reload_requested = False
-        self.reload_seen = False
-        self.reloads = 0
-        self.last_reload = ""  # "", "success", "timeout"
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    # ------------------------------------------------------------ pids (indexed by the host)
+    @property
+    def main_pid(self) -> int | None:
+        return self._main_pid
+
+    @main_pid.setter
+    def main_pid(self, pid: int | None) -> None:
+        self.host.pids.main(self, self._main_pid, pid)
+        self._main_pid = pid
+
+    @property
+    def pgid(self) -> int | None:
+        return self._pgid
+
+    @pgid.setter
+    def pgid(self, pgid: int | None) -> None:
+        self.host.pids.group(self, self._pgid, pgid)
+        self._pgid = pgid
+
+    @property
+    def command_pid(self) -> int | None:
+        return self.commands.pid
 
     # ------------------------------------------------------------ plumbing
     def dispatch(self, event: Event, **data: Any) -> None:
-        """Run the handler the table names for (state, event)."""
-        handler = TRANSITIONS[(self.state, event)]
-        if handler == "ignore":
-            return
-        getattr(self, handler)(**data)
+        """Run the handler the table holds for (state, event)."""
+        TRANSITIONS[(self.state, event)](self, **data)
 
-    def _set_state(self, state: State) -> None:
+    def enter(self, state: State) -> None:
+        """Change state, log it, and tell the host (which queues what follows)."""
         if state is self.state:
             return
         old = self.state
@@ -114,57 +121,69 @@ class UnitRuntime(NotifyDriven, ControlCommands):
                        result=self.result.value if state is State.FAILED else None)
         self.host.changed(self)
 
-    def _arm(self, delay: float, event: Event) -> None:
-        self._disarm()
+    def arm(self, delay: float, event: Event) -> None:
+        """The state's one deadline: ``event`` fires after ``delay`` unless disarmed."""
+        self.disarm()
         if delay == float("inf"):
             return
         self._deadline = time.monotonic() + delay
         self._timer_event = event
-        self._timer = self.host.call_later(delay, lambda: self._fire(event))
+        self._timer = self.host.call_later(delay, self._fire)
 
-    def extend_timeout(self, usec: int) -> None:
-        """EXTEND_TIMEOUT_USEC: push the state timer and watchdog to >= now+usec."""
-        want = time.monotonic() + usec / 1e6
-        if self._timer is not None and want > self._deadline:
-            self._arm(want - time.monotonic(), self._timer_event)
-        if self._wd_timer is not None and want > self._wd_deadline:
-            self._arm_watchdog(want - time.monotonic())
-
-    def _fire(self, event: Event) -> None:
+    def _fire(self) -> None:
         self._timer = None
-        self.dispatch(event)
+        self.dispatch(self._timer_event)
 
-    def _disarm(self) -> None:
+    def disarm(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
 
-    def _fail(self, result: Result) -> None:
+    def record_failure(self, result: Result) -> None:
         """Record the first failure of this run."""
         if self.result is Result.SUCCESS:
             self.result = result
+
+    def allocate_generation(self) -> int:
+        self.last_generation += 1
+        return self.last_generation
+
+    # ------------------------------------------------------------ requests from the host
+    def restart(self) -> None:
+        """``aeterna restart``: stop if running, then start again once down."""
+        if self.state not in DOWN_STATES and self.state is not State.AUTO_RESTART:
+            self.dispatch(Event.STOP)
+            if self.state not in DOWN_STATES:
+                self.want = Want.START
+                return
+        self.dispatch(Event.START)
+
+    def hold_down(self) -> None:
+        """``aeterna stop``: whatever state it is in, no automatic start until a start."""
+        self.want = Want.STAY_DOWN
+
+    def fail_now(self, result: Result, event: str, **fields: Any) -> None:
+        """Fail without starting (e.g. its socket could not be bound)."""
+        self.result = result
+        self.host.warning(event, unit=self.name, **fields)
+        self.enter(State.FAILED)
 
     # ------------------------------------------------------------ starting
     def down_start(self) -> None:
         """Start requested while inactive or failed."""
         self.result = Result.SUCCESS
-        self.stop_requested = False
+        self.want = Want.POLICY
         self.restart_attempt = 0
         if self.state is State.FAILED:
             self.limiter.reset()
-        self._set_state(State.WAITING)
+        self.enter(State.WAITING)
         self._try_deps()
 
     def _try_deps(self) -> None:
         deps = self.host.deps_state(self)
-        if self.state is not State.WAITING:
-            # deps_state started a required dependency that came up at once and
-            # its DEPS_UP already started us, re-entrantly: starting again would
-            # spawn a second main process and orphan the first.
-            return
-        if deps == "up":
+        if deps is Deps.UP:
             self._spawn()
-        elif deps == "failed":
+        elif deps is Deps.FAILED:
             self.waiting_dep_failed()
 
     def waiting_deps_up(self) -> None:
@@ -173,27 +192,22 @@ class UnitRuntime(NotifyDriven, ControlCommands):
 
     def waiting_dep_failed(self) -> None:
         """A required dependency failed: fail without starting."""
-        self._fail(Result.DEPENDENCY)
+        self.record_failure(Result.DEPENDENCY)
         self.host.warning("unit.dependency-failed", unit=self.name)
-        self._set_state(State.FAILED)
-
-    def waiting_stop(self) -> None:
-        self.stop_requested = True
-        self._set_state(State.INACTIVE)
+        self.enter(State.FAILED)
 
     def _spawn(self) -> None:
         if not self.limiter.allow(time.monotonic()):
             self.result = Result.START_LIMIT  # overrides the failure that led here
             self.host.warning("unit.start-limit-hit", unit=self.name,
-                              burst=self.unit.service.start_limit.burst,
-                              interval=self.unit.service.start_limit.interval)
-            self._set_state(State.FAILED)
+                              burst=self.spec.service.start_limit.burst,
+                              interval=self.spec.service.start_limit.interval)
+            self.enter(State.FAILED)
             return
         self.result = Result.SUCCESS
-        self.restart_after_stop = False
-        pre = self.unit.service.exec_start_pre
+        pre = self.spec.service.exec_start_pre
         if pre:
-            self._run_controls(pre, State.START_PRE, self._spawn_main, self._after_exit)
+            commands.run(self, pre, State.START_PRE, self._spawn_main, self._after_exit)
         else:
             self._spawn_main()
 
@@ -202,14 +216,14 @@ class UnitRuntime(NotifyDriven, ControlCommands):
         try:
             pid = self.host.spawn_main(self)
         except SpawnError as exc:
-            self._fail(Result.EXEC)
+            self.record_failure(Result.EXEC)
             self.last_exit = ExitInfo(code=exc.exit_status)
             self.host.warning("unit.exec-failed", unit=self.name, stage=exc.stage,
                               errno=errno_name(exc.errno), path=exc.path, error=str(exc))
             self._after_exit()
             return
         except OSError as exc:
-            self._fail(Result.RESOURCES)
+            self.record_failure(Result.RESOURCES)
             self.last_exit = ExitInfo(code=1)
             self.host.warning("unit.spawn-failed", unit=self.name,
                               errno=errno_name(exc.errno or 0), error=str(exc))
@@ -217,107 +231,75 @@ class UnitRuntime(NotifyDriven, ControlCommands):
             return
         self.main_pid = self.pgid = pid
         self.started_at = time.monotonic()
-        self.status_text = ""
-        self.notify_access_override = None
-        self.watchdog_usec_override = None
-        self.errno = self.notified_exit_status = None
-        self.stopping_notified = False
+        self.notified = Notified()
         self.host.info("unit.started", unit=self.name, pid=pid, generation=self.generation)
-        t = self.unit.service.type
-        if t in (ServiceType.SIMPLE, ServiceType.EXEC):
+        if self.spec.service.type in (ServiceType.SIMPLE, ServiceType.EXEC):
             self._started()
         else:
-            self._set_state(State.STARTING)
-            self._arm(self.unit.service.timeouts.start, Event.TIMEOUT)
+            self.enter(State.STARTING)
+            self.arm(self.spec.service.timeouts.start, Event.TIMEOUT)
 
     def starting_ready(self) -> None:
         """READY=1 from an authorised sender: the unit is up (after ExecStartPost=)."""
-        self._disarm()
+        self.disarm()
         self._started()
 
     def _started(self) -> None:
-        post = self.unit.service.exec_start_post
+        post = self.spec.service.exec_start_post
         if post:
-            self._run_controls(post, State.START_POST, self._up, self._post_failed)
+            commands.run(self, post, State.START_POST, self._up, self._post_failed)
         else:
             self._up()
 
     def _up(self) -> None:
         # Like systemd's restart counter, the backoff step is not reset by success;
         # only an explicit start resets it (RestartMaxDelaySec caps the growth).
-        oneshot_done = self.unit.service.type is ServiceType.ONESHOT and self.main_pid is None
-        self._set_state(State.EXITED if oneshot_done else State.ACTIVE)
+        oneshot_done = self.spec.service.type is ServiceType.ONESHOT and self.main_pid is None
+        self.enter(State.EXITED if oneshot_done else State.ACTIVE)
         if not oneshot_done:
-            self._arm_watchdog()
+            self.watchdog.arm(self.watchdog_usec())
 
     def _post_failed(self) -> None:
         """An ExecStartPost= command failed: the unit fails and its process is stopped."""
-        self.restart_after_stop = True
         if self.main_pid is not None:
-            self._begin_stop()
+            self._enter_stopping(self.spec.service.stop_signal)
         else:
             self._after_exit()
 
-    def start_pre_stop(self) -> None:
-        """Stopped while ExecStartPre= runs: kill it, the main process never starts."""
-        self._disarm()
-        self._kill_control()
-        self.stop_requested = True
-        self._set_state(State.INACTIVE)
+    def starting_timeout(self) -> None:
+        """Not ready within the start timeout: stop it, and count a failure."""
+        self.record_failure(Result.TIMEOUT)
+        self.host.warning("unit.start-timeout", unit=self.name,
+                          timeout=self.spec.service.timeouts.start)
+        self._enter_stopping(self.spec.service.stop_signal)
 
-    def stop_pre_exited(self, info: ExitInfo) -> None:
-        """The main process ended while ExecStop= ran: finish stopping."""
-        self._kill_control()
-        self._set_state(State.STOPPING)
-        self._arm(self.unit.service.timeouts.stop, Event.TIMEOUT)
-        self.stopping_exited(info)
-
-    def allocate_generation(self) -> int:
-        self.last_generation += 1
-        return self.last_generation
-
-    def adopt(self, pid: int, generation: int, unit: Unit, status_text: str) -> None:
+    def adopt(self, pid: int, generation: int, spec: UnitSpec, notified: Notified) -> None:
         """Hot relay promotion: N+1 becomes this unit's main process, whatever N was doing."""
-        self._disarm()
-        self._disarm_watchdog()
-        self.unit = unit
+        self.disarm()
+        self.watchdog.disarm()
+        self.spec = spec
         self.main_pid = self.pgid = pid
         self.generation = generation
         self.started_at = time.monotonic()
-        self.status_text = status_text
+        self.notified = notified
         self.result = Result.SUCCESS
-        self.stop_requested = False
+        self.want = Want.POLICY
         self.restart_attempt = 0
-        self.notify_access_override = None
-        self.watchdog_usec_override = None
-        self._set_state(State.ACTIVE)
-        self._arm_watchdog()
-
-    def fail_now(self, result: Result, event: str, **fields: Any) -> None:
-        """Fail without starting (e.g. its socket could not be bound)."""
-        self.result = result
-        self.host.warning(event, unit=self.name, **fields)
-        self._set_state(State.FAILED)
-    def starting_timeout(self) -> None:
-        """Not ready within the start timeout: stop it, and count a failure."""
-        self._fail(Result.TIMEOUT)
-        self.host.warning("unit.start-timeout", unit=self.name,
-                          timeout=self.unit.service.timeouts.start)
-        self.restart_after_stop = True
-        self._begin_stop()
+        self.enter(State.ACTIVE)
+        self.watchdog.arm(self.watchdog_usec())
 
     # ------------------------------------------------------------ exits
     def running_exited(self, info: ExitInfo) -> None:
         """The main process exited on its own."""
-        self._disarm()
-        self._disarm_watchdog()
+        self.disarm()
+        self.watchdog.disarm()
         self.last_exit = info
         self.main_pid = None
-        svc = self.unit.service
+        svc = self.spec.service
         result = classify_exit(info, svc.type, svc.success_exit_status)
         if svc.ignore_failure and result is not Result.SUCCESS:
             result = Result.SUCCESS
-        self._kill_control()
+        commands.kill(self)
         if result is Result.SUCCESS and self.state is State.STARTING:
             if svc.type is ServiceType.ONESHOT:
                 self.host.info("unit.exited", unit=self.name, how=str(info), result="success")
@@ -326,122 +308,156 @@ class UnitRuntime(NotifyDriven, ControlCommands):
                 return
             if svc.type in (ServiceType.NOTIFY, ServiceType.NOTIFY_RELOAD):
                 result = Result.PROTOCOL
-        self._fail(result)
+        self.record_failure(result)
         self.host.info("unit.exited", unit=self.name, how=str(info), result=result.value)
         self._reap_group_leftovers()
         self._after_exit()
 
     def _reap_group_leftovers(self) -> None:
         """The main process is gone; tell what is left of its group to go too."""
-        if self.pgid is not None and self.unit.service.kill_mode in (
+        if self.pgid is not None and self.spec.service.kill_mode in (
                 KillMode.CONTROL_GROUP, KillMode.MIXED):
-            if proc.kill_group(self.pgid, self.unit.service.stop_signal):
-                proc.kill_group(self.pgid, signal.SIGCONT)
+            if self.host.kill(self.pgid, self.spec.service.stop_signal, group=True):
+                self.host.kill(self.pgid, signal.SIGCONT, group=True)
 
     def _after_exit(self) -> None:
-        """Decide between restarting, inactive and failed after a run ended."""
-        svc = self.unit.service
-        if not self.stop_requested and should_restart(svc.restart, self.result):
+        """A run ended: restart after RestartSec=, or settle inactive or failed."""
+        svc = self.spec.service
+        if self.want is Want.POLICY and should_restart(svc.restart, self.result):
             delay = restart_delay(svc.restart_sec, svc.backoff, self.restart_attempt)
             self.restart_attempt += 1
             self.host.info("unit.restart-scheduled", unit=self.name, delay=round(delay, 3),
                            result=self.result.value)
-            self._set_state(State.AUTO_RESTART)
-            self._arm(delay, Event.RESTART_DUE)
+            self.enter(State.AUTO_RESTART)
+            self.arm(delay, Event.RESTART_DUE)
             return
-        self._set_state(State.INACTIVE if self.result is Result.SUCCESS else State.FAILED)
+        self._settle()
+
+    def _settle(self, state: State | None = None) -> None:
+        """Down (``state``, else inactive or failed by the result); a restart asked
+        for starts now."""
+        if state is None:
+            state = State.INACTIVE if self.result is Result.SUCCESS else State.FAILED
+        self.enter(state)
+        if self.want is Want.START:
+            self.dispatch(Event.START)
 
     def auto_restart_due(self) -> None:
         """RestartSec elapsed (or a start was asked for): start again."""
-        self._disarm()
+        self.disarm()
         self.restarts += 1
-        self._set_state(State.WAITING)
+        self.enter(State.WAITING)
         self._try_deps()
 
-    def auto_restart_stop(self) -> None:
-        self._disarm()
-        self.stop_requested = True
-        self._set_state(State.INACTIVE if self.result is Result.SUCCESS else State.FAILED)
-
     # ------------------------------------------------------------ stopping
-    def running_stop(self) -> None:
-        """A manual stop: ExecStop= if any, then signal the group, arm the stop timeout."""
-        self.stop_requested = True
-        self._kill_control()
-        stop = self.unit.service.exec_stop
-        if stop and self.main_pid is not None:
-            self._run_controls(stop, State.STOP_PRE, self._begin_stop, self._begin_stop)
-        else:
-            self._begin_stop()
+    def waiting_stop(self) -> None:
+        """Stopped with no process of the unit running (waiting, ExecStartPre=, a
+        oneshot that finished): inactive at once."""
+        self.disarm()
+        commands.kill(self)
+        self.want = Want.STAY_DOWN
+        self._settle(State.INACTIVE)
 
     def exited_stop(self) -> None:
-        self.stop_requested = True
-        self._set_state(State.INACTIVE)
+        """A oneshot that finished is stopped."""
+        self.waiting_stop()
 
-    def _begin_stop(self) -> None:
-        self._disarm_watchdog()
-        svc = self.unit.service
-        self._set_state(State.STOPPING)
-        self._signal(svc.stop_signal, first=True)
-        self._arm(svc.timeouts.stop, Event.TIMEOUT)
+    def start_pre_stop(self) -> None:
+        """Stopped while ExecStartPre= runs: its command is killed, nothing else ran."""
+        self.waiting_stop()
+
+    def auto_restart_stop(self) -> None:
+        """Stopped during RestartSec=: the failure that led there stays the result."""
+        self.disarm()
+        self.want = Want.STAY_DOWN
+        self._settle()
+
+    def running_stop(self) -> None:
+        """A manual stop: ExecStop= if any, then signal the group, arm the stop timeout."""
+        self.want = Want.STAY_DOWN
+        commands.kill(self)
+        stop_signal = self.spec.service.stop_signal
+        if self.spec.service.exec_stop and self.main_pid is not None:
+            commands.run(self, self.spec.service.exec_stop, State.STOP_PRE,
+                         lambda: self._enter_stopping(stop_signal),
+                         lambda: self._enter_stopping(stop_signal))
+        else:
+            self._enter_stopping(stop_signal)
+
+    def running_watchdog(self) -> None:
+        """The watchdog expired (or WATCHDOG=trigger): kill with the watchdog signal."""
+        self.record_failure(Result.WATCHDOG)
+        self.host.warning("unit.watchdog", unit=self.name, pid=self.main_pid,
+                          signal=self.spec.service.watchdog_signal.name)
+        self._enter_stopping(self.spec.service.watchdog_signal)
+
+    def _enter_stopping(self, sig: int | None) -> None:
+        """The one way into STOPPING: signal the unit (unless ``sig`` is None), arm the
+        stop timeout. What comes after is ``want``'s: a failure's stop leaves it POLICY."""
+        self.watchdog.disarm()
+        self.enter(State.STOPPING)
+        if sig is not None:
+            self._signal(sig, first=True)
+        self.arm(self.spec.service.timeouts.stop, Event.TIMEOUT)
+
+    def stop_pre_exited(self, info: ExitInfo) -> None:
+        """The main process ended while ExecStop= ran: finish stopping."""
+        commands.kill(self)
+        self._enter_stopping(None)
+        self.stopping_exited(info)
 
     def _signal(self, sig: int, first: bool) -> None:
-        mode = self.unit.service.kill_mode
+        mode = self.spec.service.kill_mode
         if mode is KillMode.NONE:
             return
         group = mode is KillMode.CONTROL_GROUP or (mode is KillMode.MIXED and not first)
-        if group and self.pgid is not None:
-            proc.kill_group(self.pgid, sig)
-            if sig != signal.SIGKILL:
-                proc.kill_group(self.pgid, signal.SIGCONT)
-        elif self.main_pid is not None:
-            proc.kill_pid(self.main_pid, sig)
-            if sig != signal.SIGKILL:
-                proc.kill_pid(self.main_pid, signal.SIGCONT)
+        target = self.pgid if group else self.main_pid
+        if target is None:
+            return
+        self.host.kill(target, sig, group=group)
+        if sig != signal.SIGKILL:
+            self.host.kill(target, signal.SIGCONT, group=group)
 
     def stopping_exited(self, info: ExitInfo) -> None:
         """The main process is gone; the unit is down once its group is empty too."""
         self.last_exit = info
         self.main_pid = None
         self.host.info("unit.exited", unit=self.name, how=str(info))
-        if self.unit.service.kill_mode is KillMode.MIXED and self.pgid is not None:
-            proc.kill_group(self.pgid, signal.SIGKILL)
+        if self.spec.service.kill_mode is KillMode.MIXED and self.pgid is not None:
+            self.host.kill(self.pgid, signal.SIGKILL, group=True)
         self.check_group()
 
     def check_group(self) -> None:
-        """Called after each round of reaping while stopping."""
+        """After each round of reaping while stopping: is anything of the unit left?"""
         if self.state not in (State.STOPPING, State.KILLING) or self.main_pid is not None:
             return
-        mode = self.unit.service.kill_mode
+        mode = self.spec.service.kill_mode
         if (mode in (KillMode.PROCESS, KillMode.NONE) or self.pgid is None
-                or not proc.kill_group(self.pgid, 0)):
+                or not self.host.kill(self.pgid, 0, group=True)):
             self.dispatch(Event.GROUP_EMPTY)
 
     def stopping_group_empty(self) -> None:
-        """Everything of the unit is gone: inactive, failed, or start again."""
-        self._disarm()
+        """Everything of the unit is gone: restart by policy, start again, or settle."""
+        self.disarm()
         self.pgid = None
-        if self.restart_after_stop:
+        if self.want is Want.POLICY:
             self._after_exit()
         else:
-            self._set_state(State.FAILED if self.result is not Result.SUCCESS
-                            else State.INACTIVE)
-        if self.pending_start:
-            self.pending_start = False
-            self.dispatch(Event.START)
+            self._settle()
 
     def stopping_timeout(self) -> None:
         """The stop timeout passed: SIGKILL the group."""
         self.host.warning("unit.stop-timeout", unit=self.name, pid=self.main_pid,
-                          timeout=self.unit.service.timeouts.stop)
-        self._fail(Result.TIMEOUT)
-        self._set_state(State.KILLING)
-        if self.unit.service.kill_mode is not KillMode.NONE:
-            if self.pgid is not None and self.unit.service.kill_mode is not KillMode.PROCESS:
-                proc.kill_group(self.pgid, signal.SIGKILL)
+                          timeout=self.spec.service.timeouts.stop)
+        self.record_failure(Result.TIMEOUT)
+        self.enter(State.KILLING)
+        mode = self.spec.service.kill_mode
+        if mode is not KillMode.NONE:
+            if self.pgid is not None and mode is not KillMode.PROCESS:
+                self.host.kill(self.pgid, signal.SIGKILL, group=True)
             elif self.main_pid is not None:
-                proc.kill_pid(self.main_pid, signal.SIGKILL)
-        self._arm(KILL_TIMEOUT, Event.TIMEOUT)
+                self.host.kill(self.main_pid, signal.SIGKILL, group=False)
+        self.arm(KILL_TIMEOUT, Event.TIMEOUT)
 
     def killing_timeout(self) -> None:
         """Even SIGKILL did not end it (uninterruptible sleep): give up on it."""
@@ -451,7 +467,45 @@ class UnitRuntime(NotifyDriven, ControlCommands):
 
     def stopping_start(self) -> None:
         """A start asked for while stopping: start again once stopped."""
-        self.pending_start = True
+        self.want = Want.START
+
+    def stopping_stop(self) -> None:
+        """A stop asked for while stopping (for a failure, or a restart): stay down after."""
+        self.want = Want.STAY_DOWN
+
+    # ------------------------------------------------------------ what sd_notify drives
+    def effective_notify_access(self) -> NotifyAccess:
+        return self.notified.access or self.spec.service.effective_notify_access()
+
+    def watchdog_usec(self) -> int:
+        return watchdog_usec(self.notified, self.spec.service.watchdog_sec)
+
+    def watchdog_ping(self) -> None:
+        """WATCHDOG=1: the service is alive; restart the countdown."""
+        if self.state in RUNNING_STATES:
+            self.watchdog.arm(self.watchdog_usec())
+
+    def set_watchdog_usec(self, usec: int) -> None:
+        """WATCHDOG_USEC=: a new timeout, re-armed from now (0 disables)."""
+        self.notified.watchdog_usec = usec
+        if self.state in RUNNING_STATES:
+            self.watchdog.arm(usec)
+
+    def extend_timeout(self, usec: int) -> None:
+        """EXTEND_TIMEOUT_USEC: push the state timer and the watchdog to >= now+usec."""
+        want = time.monotonic() + usec / 1e6
+        if self._timer is not None and want > self._deadline:
+            self.arm(want - time.monotonic(), self._timer_event)
+        self.watchdog.extend_to(want)
+
+    def set_main_pid(self, pid: int) -> None:
+        """MAINPID=: the service says another process is its main one now."""
+        if self.state in RUNNING_STATES and pid != self.main_pid:
+            self.host.info("unit.mainpid", unit=self.name, old=self.main_pid, new=pid)
+            self.main_pid = pid
+            # A main process that is not our child never reaches our reaper:
+            # the host watches it with a pidfd instead.
+            self.host.watch_foreign(self, pid)
 
     # ------------------------------------------------------------ status
     def snapshot(self) -> dict[str, Any]:
@@ -462,14 +516,17 @@ class UnitRuntime(NotifyDriven, ControlCommands):
             "name": self.name,
             "state": self.state.value,
             "result": self.result.value,
-            "type": self.unit.service.type.value,
+            "type": self.spec.service.type.value,
             "main_pid": self.main_pid,
             "generation": self.generation,
             "uptime": round(uptime, 3) if uptime is not None else None,
             "restarts": self.restarts,
-            "status_text": self.status_text,
+            "status_text": self.notified.status,
             "exit": str(self.last_exit) if self.last_exit else None,
-            "errno": self.errno,
-            "reloads": self.reloads,
-            "last_reload": self.last_reload or None,
+            "errno": self.notified.errno,
+            "reloads": self.reload.count,
+            "last_reload": self.reload.last or None,
         }
+
+
+from .table import TRANSITIONS  # noqa: E402  (the table holds this module's methods)

@@ -1,9 +1,8 @@
-"""The unit lifecycle's vocabulary: states, events and the transition table.
+"""The unit lifecycle's vocabulary: states, events, what a unit wants next, and state sets.
 
-``TRANSITIONS[(state, event)]`` names the ``UnitRuntime`` handler
-``<state>_<event>`` that runs, or ``ignore``. Every cell is filled (a test
-checks it), so an event that arrives in a state that does not expect it is a
-visible, deliberate no-op rather than an accident.
+The transition table itself is :data:`aeterna.unit.table.TRANSITIONS`: it holds
+the handler functions, so it lives beside them. The string values of
+``State`` are the names that logs, ``aeterna status`` and metric labels use.
 """
 
 from __future__ import annotations
@@ -38,69 +37,41 @@ class Event(enum.Enum):
     TIMEOUT = "timeout"
     RESTART_DUE = "restart-due"
     WATCHDOG = "watchdog"  # the watchdog expired, or WATCHDOG=trigger
-    RELOAD = "reload"  # an in-place reload was asked for (notify-reload)
+    RELOAD = "reload"  # an in-place reload was asked for (ExecReload=, notify-reload)
     RELOADING = "reloading"  # RELOADING=1 received
-    CONTROL_EXITED = "control-exited"  # an Exec{StartPre,StartPost,Stop,Reload}= command ended
+    COMMAND_EXITED = "command-exited"  # an Exec{StartPre,StartPost,Stop,Reload}= command ended
+
+
+class Want(enum.Enum):
+    """What the unit does once its current run ends: one value, not three booleans.
+
+    ``POLICY``: its ``Restart=`` policy decides (after its process exited on its
+    own, or after a stop caused by a failure: timeout, watchdog, ExecStartPost=).
+    ``START``: a restart was asked for; it starts again once it is down.
+    ``STAY_DOWN``: a stop was asked for; nothing restarts it until a start.
+    """
+
+    POLICY = "policy"
+    START = "start"
+    STAY_DOWN = "stay-down"
+
+
+class Deps(enum.Enum):
+    """Where a unit's ordered dependencies stand, as the host sees them."""
+
+    UP = "up"  # every ordered dependency is up: start
+    WAITING = "waiting"  # some are on their way: wait for DEPS_UP or DEP_FAILED
+    FAILED = "failed"  # a required one failed: fail without starting
 
 
 UP_STATES = frozenset({State.ACTIVE, State.RELOADING, State.EXITED})
 RUNNING_STATES = frozenset({State.STARTING, State.START_POST, State.ACTIVE, State.RELOADING})
 DOWN_STATES = frozenset({State.INACTIVE, State.FAILED})
-
-_I = "ignore"
-TRANSITIONS: dict[tuple[State, Event], str] = {}
-for _s in State:
-    for _e in Event:
-        TRANSITIONS[(_s, _e)] = _I
-TRANSITIONS.update({
-    (State.INACTIVE, Event.START): "down_start",
-    (State.FAILED, Event.START): "down_start",
-    (State.WAITING, Event.STOP): "waiting_stop",
-    (State.WAITING, Event.DEPS_UP): "waiting_deps_up",
-    (State.WAITING, Event.DEP_FAILED): "waiting_dep_failed",
-    (State.STARTING, Event.STOP): "running_stop",
-    (State.STARTING, Event.READY): "starting_ready",
-    (State.STARTING, Event.EXITED): "running_exited",
-    (State.STARTING, Event.TIMEOUT): "starting_timeout",
-    (State.STARTING, Event.WATCHDOG): "running_watchdog",
-    (State.ACTIVE, Event.STOP): "running_stop",
-    (State.ACTIVE, Event.EXITED): "running_exited",
-    (State.ACTIVE, Event.WATCHDOG): "running_watchdog",
-    (State.ACTIVE, Event.RELOAD): "active_reload",
-    (State.ACTIVE, Event.RELOADING): "active_reloading",
-    (State.RELOADING, Event.STOP): "running_stop",
-    (State.RELOADING, Event.EXITED): "running_exited",
-    (State.RELOADING, Event.WATCHDOG): "running_watchdog",
-    (State.RELOADING, Event.READY): "reloading_ready",
-    (State.RELOADING, Event.RELOADING): "reloading_reloading",
-    (State.RELOADING, Event.TIMEOUT): "reloading_timeout",
-    (State.EXITED, Event.STOP): "exited_stop",
-    (State.START_PRE, Event.CONTROL_EXITED): "control_exited",
-    (State.START_PRE, Event.TIMEOUT): "control_timeout",
-    (State.START_PRE, Event.STOP): "start_pre_stop",
-    (State.START_POST, Event.CONTROL_EXITED): "control_exited",
-    (State.START_POST, Event.TIMEOUT): "control_timeout",
-    (State.START_POST, Event.STOP): "running_stop",
-    (State.START_POST, Event.EXITED): "running_exited",
-    (State.START_POST, Event.WATCHDOG): "running_watchdog",
-    (State.STOP_PRE, Event.CONTROL_EXITED): "control_exited",
-    (State.STOP_PRE, Event.TIMEOUT): "control_timeout",
-    (State.STOP_PRE, Event.EXITED): "stop_pre_exited",
-    (State.RELOADING, Event.CONTROL_EXITED): "control_exited",
-    (State.STOPPING, Event.START): "stopping_start",
-    (State.STOPPING, Event.EXITED): "stopping_exited",
-    (State.STOPPING, Event.GROUP_EMPTY): "stopping_group_empty",
-    (State.STOPPING, Event.TIMEOUT): "stopping_timeout",
-    (State.KILLING, Event.START): "stopping_start",
-    (State.KILLING, Event.EXITED): "stopping_exited",
-    (State.KILLING, Event.GROUP_EMPTY): "stopping_group_empty",
-    (State.KILLING, Event.TIMEOUT): "killing_timeout",
-    (State.AUTO_RESTART, Event.START): "auto_restart_due",
-    (State.AUTO_RESTART, Event.RESTART_DUE): "auto_restart_due",
-    (State.AUTO_RESTART, Event.STOP): "auto_restart_stop",
-})
+STOPPING_STATES = frozenset({State.STOPPING, State.KILLING})
+# Where a start asked for now means "start again once down" (systemd: a start
+# job waits for the stop job).
+GOING_DOWN_STATES = frozenset({State.AUTO_RESTART, State.STOP_PRE, *STOPPING_STATES})
 
 # How long to wait for the group to die after SIGKILL before giving up on it
 # (a process in uninterruptible sleep cannot be killed).
 KILL_TIMEOUT = 5.0
-
