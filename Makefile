@@ -9,7 +9,7 @@
 #   make test    system packages, venv with test extras, ruff, mypy, pytest
 #                (extra pytest arguments: make test PYTEST_ARGS='-k loader -x')
 #   make bench   system packages, venv, then every bench/*.py
-#   make lint    ruff + mypy only
+#   make lint    ruff, mypy and the layers' import contracts (import-linter)
 #   make clean   remove the venv, caches and build output
 
 SHELL := /bin/bash
@@ -107,6 +107,7 @@ demo: $(STAMP_RUN)
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check aeterna sdk tests bench examples
 	$(VENV)/bin/mypy aeterna sdk/python/aeterna_sdk
+	$(VENV)/bin/lint-imports --no-cache
 
 # pytest exits 5 when it collects no test; that is not a failure of the build.
 test: sysdeps lint
@@ -115,7 +116,7 @@ test: sysdeps lint
 	exit $$rc
 
 # Each writes its section of docs/benchmarks.md (the other bench/*.py are their helpers).
-BENCHES ?= footprint notify activation relay srp
+BENCHES ?= footprint notify activation relay srp scale
 
 bench: sysdeps $(STAMP_TEST)
 	@for b in $(BENCHES); do \

@@ -73,7 +73,7 @@ class SocketType(enum.Enum):
     FIFO = "fifo"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Source:
     """Where a value came from, for error messages: file and 1-based line."""
 
@@ -84,7 +84,7 @@ class Source:
         return f"{self.file}:{self.line}" if self.line else self.file
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Dependency:
     """One edge of the dependency graph.
 
@@ -98,7 +98,7 @@ class Dependency:
     source: Source = field(default=Source("<builtin>"), compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Backoff:
     """Geometric growth of the restart delay: delay * factor**n, capped."""
 
@@ -106,7 +106,7 @@ class Backoff:
     max_delay: float = 0.0  # 0 = no cap beyond restart_sec growth
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StartLimit:
     """At most ``burst`` starts within ``interval`` seconds (0 = unlimited)."""
 
@@ -114,13 +114,13 @@ class StartLimit:
     interval: float = 10.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Timeouts:
     start: float = 90.0
     stop: float = 90.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ListenSpec:
     """One listening socket of a unit, bound by the manager for its life."""
 
@@ -141,7 +141,7 @@ class ListenSpec:
     source: Source = field(default=Source("<builtin>"), compare=False)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Service:
     """How to run the unit's main process."""
 
@@ -196,7 +196,7 @@ class ProbeKind(enum.Enum):
     EXEC = "exec"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Probe:
     """A health check run against the canary during the soak."""
 
@@ -208,7 +208,7 @@ class Probe:
     timeout: float = 2.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Hook:
     """A command run around a relay (pre-flight check or post-process)."""
 
@@ -217,7 +217,7 @@ class Hook:
     timeout: float = 30.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Canary:
     enabled: bool = False
     soak_time: float = 0.0
@@ -226,13 +226,13 @@ class Canary:
     max_cpu_percent: float = 0.0  # 0 = no limit
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Drain:
     timeout: float = 30.0
     signal: signal.Signals = signal.SIGTERM
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StateHandoff:
     enabled: bool = False
     socket_path: str = ""
@@ -242,7 +242,7 @@ class StateHandoff:
     persist_dir: str = ""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Orchestration:
     strategy: Strategy = Strategy.RESTART
     canary: Canary = Canary()
@@ -255,7 +255,7 @@ class Orchestration:
     on_failure: tuple[tuple[str, ...], ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Observability:
     """Where the manager serves metrics, and how much it logs about this unit."""
 
@@ -263,7 +263,7 @@ class Observability:
     log_level: str = ""  # "" = the manager's own --log-level
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class UnitSpec:
     """A service, its sockets and its orchestration settings."""
 

@@ -11,6 +11,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -28,6 +29,13 @@ sys.path.insert(0, str(ROOT))
 from aeterna.api.client import request  # noqa: E402
 
 AETERNA = [sys.executable, "-m", "aeterna.cli"]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now (bind 0, read, release)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def is_root() -> bool:

@@ -14,7 +14,6 @@ import os
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 from ..linux.proc import Usage, tree_usage
 from ..unit.states import State
@@ -33,20 +32,28 @@ def _escape(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
+def _labels(**labels: object) -> str:
+    return ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+
+
 class _Families:
-    """Collects samples by family, so each family's HELP and TYPE come once."""
+    """Collects samples by family, so each family's HELP and TYPE come once.
+
+    A sample's labels come formatted (``unit="web",state="active"``): a scrape of
+    thousands of units formats each unit's label once, not once per sample.
+    """
 
     def __init__(self) -> None:
         self.lines: list[str] = []
 
     def family(self, name: str, kind: str, help_text: str,
-               samples: Iterable[tuple[dict[str, Any], float]]) -> None:
-        self.lines.append(f"# HELP {name} {help_text}")
-        self.lines.append(f"# TYPE {name} {kind}")
+               samples: Iterable[tuple[str, float]]) -> None:
+        lines = self.lines
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
         for labels, value in samples:
-            text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
             number = repr(float(value)) if isinstance(value, float) else str(int(value))
-            self.lines.append(f"{name}{{{text}}} {number}" if text else f"{name} {number}")
+            lines.append(f"{name}{{{labels}}} {number}" if labels else f"{name} {number}")
 
     def text(self) -> str:
         return "\n".join(self.lines) + "\n"
@@ -116,59 +123,58 @@ async def render(view: ManagerView, usage: UsageCache) -> str:
 def text(snap: Snapshot, trees: dict[int, Usage]) -> str:
     """Format a snapshot (pure)."""
     f = _Families()
-    units = snap.units
+    units = [(f'unit="{_escape(r.name)}"', r) for r in snap.units]
+    states = [(s, f',state="{s.value}"') for s in State]
     f.family("aeterna_unit_state", "gauge", "1 for the unit's current state, 0 for the others.",
-             (({"unit": r.name, "state": s.value}, int(r.state is s))
-              for r in units for s in State))
+             ((u + label, int(r.state is s)) for u, r in units for s, label in states))
     f.family("aeterna_unit_info", "gauge", "The unit's type, strategy and last result.",
-             (({"unit": r.name, "type": r.type, "strategy": r.strategy, "result": r.result}, 1)
-              for r in units))
+             ((u + "," + _labels(type=r.type, strategy=r.strategy, result=r.result), 1)
+              for u, r in units))
     f.family("aeterna_unit_main_pid", "gauge", "The serving generation's main pid (0: none).",
-             (({"unit": r.name}, r.main_pid or 0) for r in units))
+             ((u, r.main_pid or 0) for u, r in units))
     f.family("aeterna_unit_generation", "gauge", "The serving generation's number.",
-             (({"unit": r.name}, r.generation) for r in units))
+             ((u, r.generation) for u, r in units))
     f.family("aeterna_unit_restarts_total", "counter", "Automatic restarts of the unit.",
-             (({"unit": r.name}, r.restarts) for r in units))
+             ((u, r.restarts) for u, r in units))
     f.family("aeterna_unit_uptime_seconds", "gauge", "Time since the serving generation "
-             "started (0 when nothing runs).", (({"unit": r.name}, r.uptime) for r in units))
-    usage = [(r.name, trees[r.main_pid]) for r in units
+             "started (0 when nothing runs).", ((u, r.uptime) for u, r in units))
+    usage = [(u, trees[r.main_pid]) for u, r in units
              if r.main_pid is not None and r.main_pid in trees]
     f.family("aeterna_unit_memory_rss_bytes", "gauge",
-             "Resident memory of the unit's process tree.",
-             (({"unit": n}, u.rss) for n, u in usage))
+             "Resident memory of the unit's process tree.", ((u, t.rss) for u, t in usage))
     # A gauge, not a counter: the tree's processes come and go (a relay replaces
     # them all), so the sum can fall, which a counter must never do.
     f.family("aeterna_unit_cpu_seconds", "gauge",
              "CPU time used so far by the processes of the unit's tree that are alive.",
-             (({"unit": n}, float(round(u.cpu_seconds, 2))) for n, u in usage))
+             ((u, float(round(t.cpu_seconds, 2))) for u, t in usage))
+    roles = [(role, f',role="{role}"') for role in _ROLES]
     f.family("aeterna_generations", "gauge", "Live generations of the unit, by role.",
-             (({"unit": r.name, "role": role}, r.roles.count(role))
-              for r in units for role in _ROLES))
+             ((u + label, r.roles.count(role)) for u, r in units for role, label in roles))
     f.family("aeterna_relay_in_progress", "gauge", "1 while a relay of the unit runs.",
-             (({"unit": r.name, "phase": r.relay_phase}, 1)
-              for r in units if r.relay_phase is not None))
+             ((u + "," + _labels(phase=r.relay_phase), 1)
+              for u, r in units if r.relay_phase is not None))
     counts = dict(snap.outcomes)
-    for r in units:  # a zero to start from, for every unit that relays
+    for r in snap.units:  # a zero to start from, for every unit that relays
         if r.strategy == "hot-relay":
             counts.setdefault((r.name, "promoted", ""), 0)
     f.family("aeterna_relays_total", "counter", "Finished relays, by outcome and reason.",
-             (({"unit": u, "outcome": o, "reason": why}, v)
-              for (u, o, why), v in sorted(counts.items())))
+             ((_labels(unit=n, outcome=o, reason=why), v)
+              for (n, o, why), v in sorted(counts.items())))
     f.family("aeterna_srp_handoffs_total", "counter",
              "State handoffs (SRP) of finished relays, by outcome.",
-             (({"unit": u, "outcome": o}, v) for (u, o), v in sorted(snap.handoffs.items())))
+             ((_labels(unit=n, outcome=o), v) for (n, o), v in sorted(snap.handoffs.items())))
     f.family("aeterna_relay_last_seconds", "gauge",
              "The last relay's duration, in total and by phase.",
-             [({"unit": n, "phase": "total"}, total) for n, total, _ in snap.last]
-             + [({"unit": n, "phase": p}, float(d)) for n, _, durations in snap.last
+             [(_labels(unit=n, phase="total"), total) for n, total, _ in snap.last]
+             + [(_labels(unit=n, phase=p), float(d)) for n, _, durations in snap.last
                 for p, d in durations.items()])
     f.family("aeterna_notify_accepted_total", "counter", "sd_notify datagrams acted on.",
-             [({}, snap.notify_accepted)])
+             [("", snap.notify_accepted)])
     f.family("aeterna_notify_rejected_total", "counter", "sd_notify datagrams dropped, by "
-             "reason.", (({"reason": r.value}, snap.notify_rejected.get(r.value, 0))
+             "reason.", ((_labels(reason=r.value), snap.notify_rejected.get(r.value, 0))
                          for r in Rejection))
     f.family("aeterna_orphans_reaped_total", "counter",
-             "Processes reaped that were no unit's main process.", [({}, snap.orphans_reaped)])
+             "Processes reaped that were no unit's main process.", [("", snap.orphans_reaped)])
     _process_families(f)
     return f.text()
 
@@ -186,9 +192,9 @@ def _process_families(f: _Families) -> None:
     # Fields after the ")" start at field 3 (state): utime is 14, stime 15,
     # starttime 22, rss 24 (in pages).
     f.family("process_cpu_seconds_total", "counter", "User and system CPU time of the manager.",
-             [({}, (int(stat[11]) + int(stat[12])) / _CLK_TCK)])
+             [("", (int(stat[11]) + int(stat[12])) / _CLK_TCK)])
     f.family("process_resident_memory_bytes", "gauge", "Resident memory of the manager.",
-             [({}, int(stat[21]) * _PAGE)])
+             [("", int(stat[21]) * _PAGE)])
     f.family("process_start_time_seconds", "gauge", "The manager's start, in Unix time.",
-             [({}, btime + int(stat[19]) / _CLK_TCK)])
-    f.family("process_open_fds", "gauge", "Open fds of the manager.", [({}, fds)])
+             [("", btime + int(stat[19]) / _CLK_TCK)])
+    f.family("process_open_fds", "gauge", "Open fds of the manager.", [("", fds)])

@@ -87,7 +87,12 @@ class ControlServer:
                 if uid not in self.allowed:
                     self.view.log.warning("control.refused", uid=uid, reason="uid")
                     raise ControlError("denied", f"uid {uid} may not control this manager")
-                reply = reply_ok(await self.handle(parse_request(line)))
+                result = await self.handle(parse_request(line))
+                # A status of thousands of units is a large JSON document:
+                # encoded in a worker thread, not on the loop.
+                reply = (await asyncio.get_running_loop().run_in_executor(None, reply_ok, result)
+                         if isinstance(result, dict) and len(result.get("units", ())) > 100
+                         else reply_ok(result))
             except ControlError as exc:
                 reply = reply_error(exc)
             writer.write(reply)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from ..model import UnitSpec
 from .errors import UnitError, UnitErrors, UnitWarning
-from .yaml_units import load_yaml_unit
+from .yaml_units import FAST_FROM, load_yaml_unit
 
 YAML_SUFFIXES = (".yaml", ".yml")
 SYSTEMD_SUFFIXES = (".service", ".socket")
@@ -57,9 +57,10 @@ def _load_one_path(path: str, units: list[UnitSpec], warnings: list[UnitWarning]
             errors.append(UnitError(path, 0, "", "no unit files (*.yaml, *.yml, *.service, "
                                     "*.socket) in this directory"))
             return
+        fast = len(yaml_files) >= FAST_FROM
         for f in yaml_files:
             if os.path.isfile(f):
-                _load_yaml_file(f, units, errors)
+                _load_yaml_file(f, units, errors, fast)
         if has_systemd:
             _load_systemd(path, None, units, warnings, errors)
         return
@@ -72,7 +73,8 @@ def _load_one_path(path: str, units: list[UnitSpec], warnings: list[UnitWarning]
     _load_yaml_file(path, units, errors)
 
 
-def _load_yaml_file(path: str, units: list[UnitSpec], errors: list[UnitError]) -> None:
+def _load_yaml_file(path: str, units: list[UnitSpec], errors: list[UnitError],
+                    fast: bool = False) -> None:
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read()
@@ -83,7 +85,7 @@ def _load_yaml_file(path: str, units: list[UnitSpec], errors: list[UnitError]) -
         errors.append(UnitError(path, 0, "", f"not UTF-8 text ({exc.reason})"))
         return
     try:
-        units.append(load_yaml_unit(text, path))
+        units.append(load_yaml_unit(text, path, fast))
     except UnitError as exc:
         errors.append(exc)
 

@@ -17,6 +17,7 @@ import enum
 from typing import TYPE_CHECKING
 
 from ..model import StateHandoff
+from .outcome import transitions_markdown
 
 if TYPE_CHECKING:
     from .srp import SrpUnit
@@ -120,3 +121,9 @@ class Handoff:
                                            self.result.value if self.result else "rollback")
         self._enter(Phase.RESUMED)
         return outcome
+
+
+
+def markdown() -> str:
+    """The handoff's phases and where each may go, as docs/architecture.md shows them."""
+    return transitions_markdown(ALLOWED)

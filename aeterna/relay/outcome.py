@@ -7,8 +7,11 @@ metric labels share (``phase=soaking``, ``reason=probe-failed``).
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
+
+E = TypeVar("E", bound=enum.Enum)
 
 
 class Phase(enum.Enum):
@@ -26,7 +29,8 @@ ALLOWED: dict[Phase, frozenset[Phase]] = {
     Phase.IDLE: frozenset({Phase.PREFLIGHT}),
     Phase.PREFLIGHT: frozenset({Phase.WAITING, Phase.STARTING, Phase.DONE}),
     Phase.WAITING: frozenset({Phase.STARTING, Phase.DONE}),
-    Phase.STARTING: frozenset({Phase.SOAKING, Phase.ROLLING_BACK}),
+    Phase.STARTING: frozenset({Phase.SOAKING, Phase.ROLLING_BACK,
+                               Phase.DONE}),  # DONE: N+1 could not even be spawned
     Phase.SOAKING: frozenset({Phase.PROMOTING, Phase.ROLLING_BACK}),
     Phase.PROMOTING: frozenset({Phase.DONE}),
     Phase.ROLLING_BACK: frozenset({Phase.DONE}),
@@ -74,3 +78,18 @@ class Outcome:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+
+def transitions_markdown(allowed: Mapping[E, frozenset[E]]) -> str:
+    """A phase table (``ALLOWED``) as docs/architecture.md shows it."""
+    rows = ["| phase | may go to |", "| --- | --- |"]
+    for phase, nxt in allowed.items():
+        ordered = [p.value for p in allowed if p in nxt]  # in the enum's order
+        rows.append(f"| {phase.value} | {', '.join(ordered) or '-'} |")
+    return "\n".join(rows) + "\n"
+
+
+def markdown() -> str:
+    """The relay's phases and where each may go (a test keeps the doc equal to it)."""
+    return transitions_markdown(ALLOWED)

@@ -109,7 +109,7 @@ class UnitRuntime:
     # ------------------------------------------------------------ plumbing
     def dispatch(self, event: Event, **data: Any) -> None:
         """Run the handler the table holds for (state, event)."""
-        TRANSITIONS[(self.state, event)](self, **data)
+        table.TRANSITIONS[(self.state, event)](self, **data)
 
     def enter(self, state: State) -> None:
         """Change state, log it, and tell the host (which queues what follows)."""
@@ -466,11 +466,12 @@ class UnitRuntime:
         self.stopping_group_empty()
 
     def stopping_start(self) -> None:
-        """A start asked for while stopping: start again once stopped."""
+        """A start asked for while stopping (or running ExecStop=): start again once down."""
         self.want = Want.START
 
     def stopping_stop(self) -> None:
-        """A stop asked for while stopping (for a failure, or a restart): stay down after."""
+        """A stop asked for while stopping (for a failure, or a restart) or running
+        ExecStop=: it stays down after, whatever was pending."""
         self.want = Want.STAY_DOWN
 
     # ------------------------------------------------------------ what sd_notify drives
@@ -529,4 +530,6 @@ class UnitRuntime:
         }
 
 
-from .table import TRANSITIONS  # noqa: E402  (the table holds this module's methods)
+# Last: the table holds this module's methods (and imports it first, if it is
+# imported first; its TRANSITIONS is looked up at dispatch time).
+from . import table  # noqa: E402

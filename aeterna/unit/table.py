@@ -60,6 +60,8 @@ TRANSITIONS.update({
     (_S.STOP_PRE, _E.COMMAND_EXITED): commands.command_exited,
     (_S.STOP_PRE, _E.TIMEOUT): commands.command_timeout,
     (_S.STOP_PRE, _E.EXITED): U.stop_pre_exited,
+    (_S.STOP_PRE, _E.START): U.stopping_start,
+    (_S.STOP_PRE, _E.STOP): U.stopping_stop,
     (_S.STOPPING, _E.START): U.stopping_start,
     (_S.STOPPING, _E.STOP): U.stopping_stop,
     (_S.STOPPING, _E.EXITED): U.stopping_exited,
@@ -74,3 +76,14 @@ TRANSITIONS.update({
     (_S.AUTO_RESTART, _E.RESTART_DUE): U.auto_restart_due,
     (_S.AUTO_RESTART, _E.STOP): U.auto_restart_stop,
 })
+
+
+def markdown() -> str:
+    """The table as docs/architecture.md shows it (a test keeps the two equal)."""
+    rows = ["| state | event | handler |", "| --- | --- | --- |"]
+    for (state, event), handler in TRANSITIONS.items():
+        if handler is not ignore:
+            where = handler.__module__.rsplit(".", 1)[-1]
+            name = handler.__qualname__.split(".")[-1]
+            rows.append(f"| {state.value} | {event.value} | `{where}.{name}` |")
+    return "\n".join(rows) + "\n"

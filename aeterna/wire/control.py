@@ -12,7 +12,6 @@ Pure: the server (:mod:`aeterna.api.server`) and the client
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 PROTOCOL_VERSION = 1
@@ -28,6 +27,8 @@ class ControlError(Exception):
 
 
 def encode(obj: dict[str, Any]) -> bytes:
+    import json  # on first use: an idle manager does not carry it
+
     return json.dumps(obj).encode() + b"\n"
 
 
@@ -37,6 +38,8 @@ def request_line(verb: str, unit: str | None = None, **extra: Any) -> bytes:
 
 def parse_request(line: bytes) -> dict[str, Any]:
     """One request line, or ControlError("bad-request" | "version")."""
+    import json
+
     try:
         request = json.loads(line[:MAX_REQUEST])
     except ValueError:

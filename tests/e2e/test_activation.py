@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import AETERNA, ROOT, is_root
+from conftest import AETERNA, ROOT, free_port, is_root
 
 PY = sys.executable
 APPS = ROOT / "tests" / "apps"
@@ -31,13 +31,6 @@ BIN = Path(sys.executable).parent
 GUNICORN = str(BIN / "gunicorn")
 UVICORN = str(BIN / "uvicorn")
 HYPERCORN = str(BIN / "hypercorn")
-
-
-def free_port() -> int:
-    """A port nobody listens on right now (bind port 0, read it back, release it)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def http_get(port: int, path: str = "/", timeout: float = 15.0) -> tuple[int, str]:

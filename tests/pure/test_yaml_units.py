@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import signal
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +16,6 @@ from aeterna.loader.errors import UnitError, UnitErrors
 from aeterna.loader.yaml_units import load_yaml_unit
 from aeterna.model import KillMode, RestartPolicy, ServiceType, Strategy
 
-ROOT = Path(__file__).resolve().parent.parent
 BASE = "service:\n  name: a\n  command: [x]\n"
 
 # (id, file text, exact error line). The file is always called u.yaml.
@@ -212,23 +210,6 @@ def test_start_order_respects_dependencies(tmp_path: Path) -> None:
     })
     order = start_order(load_paths([str(tmp_path)]).by_name())
     assert order.index("db") < order.index("cache") < order.index("web")
-
-
-def test_validate_cli_prints_one_line_and_exits_2(tmp_path: Path) -> None:
-    (tmp_path / "u.yaml").write_text(BASE + "  stop_signal: SIGFOO\n")
-    r = subprocess.run([sys.executable, "-m", "aeterna.cli", "validate", str(tmp_path)],
-                       capture_output=True, text=True, cwd=ROOT, timeout=30)
-    assert r.returncode == 2
-    assert r.stderr == (f"{tmp_path}/u.yaml:4: service.stop_signal: expected a signal name "
-                        "like \"SIGTERM\", found 'SIGFOO'\n")
-    assert "Traceback" not in r.stderr
-
-
-def test_validate_cli_on_missing_path(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "aeterna.cli", "validate", str(tmp_path / "x")],
-                       capture_output=True, text=True, cwd=ROOT, timeout=30)
-    assert r.returncode == 2
-    assert r.stderr == f"{tmp_path}/x: no such file or directory\n"
 
 
 def test_bundled_units_validate() -> None:

@@ -29,9 +29,10 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from conftest import ROOT, Aeterna, write_units
+from conftest import ROOT, Aeterna, free_port, write_units
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from strategies import SRP_MESSAGES
 
 from aeterna.model import StateHandoff
 from aeterna.relay.srp import SrpUnit
@@ -40,12 +41,6 @@ from aeterna.wire import srp as srp_wire
 PY = sys.executable
 APPS = ROOT / "tests" / "apps"
 AGENT = ROOT / "examples" / "agent" / "agent.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def unit_text(command: list[str], env: dict[str, str] | None = None,
@@ -592,35 +587,7 @@ def test_the_last_checkpoint_survives_a_manager_restart_with_persist_dir(
     assert loaded == saved[-1]
 
 
-# ===================================================================== fuzzing the parser
-
-SRP_KEYS = ["HELLO", "STATE", "LOADED", "CHECKPOINT", "RESUME", "SEQ", "FORMAT", "SIZE",
-            "CHECKSUM", "FDNAMES", "FDKINDS", "WANT_STATE", "VERSION", "REASON", "ERROR"]
-line_st = st.tuples(st.sampled_from(SRP_KEYS) | st.text(min_size=0, max_size=8),
-                    st.sampled_from(["", "=", "=="]),
-                    st.sampled_from(["0", "1", "snapshot", "json", "12"])
-                    | st.text(max_size=12))
-message_st = (st.binary(max_size=300)
-              | st.lists(line_st, max_size=8).map(
-                  lambda ls: "\n".join(k + e + v for k, e, v in ls).encode("utf-8", "replace"))
-              | st.binary(min_size=16380, max_size=16390))
-
-
-@settings(max_examples=400, deadline=None)
-@given(message_st)
-def test_parse_never_raises_anything_but_srp_error(payload: bytes) -> None:
-    try:
-        msg = srp_wire.parse(payload)
-    except srp_wire.SrpError as exc:
-        assert exc.reason
-        return
-    assert msg.verb in srp_wire.VERBS and msg.value in ("0", "1")
-    assert msg.verb not in msg.fields
-    _ = msg.seq
-    # What parses can be written back, and reads the same.
-    again = srp_wire.parse(srp_wire.format_message(msg.verb, msg.value, **msg.fields))
-    assert again == msg
-
+# ========================================================= the manager's channel, fuzzed
 
 class _Log:
     def __getattr__(self, name: str) -> Any:
@@ -674,7 +641,7 @@ def _state_record(kinds: list[str], with_seq: bool, with_hello: bool) -> tuple[l
 
 state_st = st.builds(_state_record, fd_kinds_st, st.booleans(), st.booleans())
 channel_st = st.one_of(
-    st.tuples(fd_kinds_st, message_st),
+    st.tuples(fd_kinds_st, SRP_MESSAGES),
     state_st,
     st.tuples(fd_kinds_st, st.sampled_from([b"HELLO=1\nWANT_STATE=1\n", b"LOADED=1\nSEQ=1",
                                             b"STATE=0\nSEQ=3", b"RESUME=1"])),

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import ROOT
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +27,7 @@ from aeterna.model import (
     UnitSpec,
 )
 
-DATA = Path(__file__).parent / "data" / "systemd"
+DATA = ROOT / "tests" / "data" / "systemd"
 CTX = SpecifierContext(runtime_dir="/run/user/1000", user="alice", uid=1000,
                        home="/home/alice", hostname="box")
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ROOT, free_port
 
 from aeterna.api.client import request
 
-ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "c-srp"
 UNIT = "counter"
 ANSWER = re.compile(r"^counter=(\d+) gen=(\d+)$")
@@ -44,13 +44,6 @@ def counter_bin(tmp_path_factory: pytest.TempPathFactory) -> Path:
     warnings = [line for line in (r.stdout + r.stderr).splitlines() if "warning" in line]
     assert not warnings, "\n".join(warnings)
     return build / "counter"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def unit_yaml(binary: Path, port: int, env: dict[str, object] | None = None,

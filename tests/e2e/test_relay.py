@@ -30,7 +30,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import AETERNA, ROOT
+from conftest import AETERNA, ROOT, free_port
 from loadgen import LoadGen, Summary
 
 from aeterna.api.client import request
@@ -40,12 +40,6 @@ APPS = ROOT / "tests" / "apps"
 
 
 # --------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def relay_unit(port: int, *, env: tuple[str, ...] = (), strategy: str = "hot-relay",
                soak: str = "500ms", probe_interval: str = "100ms", startup: str = "10s",
                max_rss: str = "256MiB", pre_flight: tuple[str, ...] = ("true",),
