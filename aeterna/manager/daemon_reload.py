@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..loader import load_paths
+from ..loader.errors import UnitErrors
 from ..log import Log
 from ..model import ServiceType, Strategy, UnitSpec
 
@@ -24,6 +26,28 @@ class Diff:
     def as_dict(self) -> dict[str, list[str]]:
         return {"added": list(self.added), "removed": list(self.removed),
                 "changed": list(self.changed)}
+
+
+def read(paths: list[str], log: Log) -> dict[str, UnitSpec] | list[str]:
+    """The unit files now, by name; or the errors, each logged."""
+    try:
+        return load_paths(paths).by_name()
+    except UnitErrors as exc:
+        for err in exc.errors:
+            log.error("reload.invalid", error=str(err))
+        return [str(e) for e in exc.errors]
+
+
+def report(log: Log, d: Diff, removed_running: list[str]) -> None:
+    """One line per changed unit, one summary; a removed unit runs until stopped."""
+    for key, names in d.as_dict().items():
+        for n in names:
+            log.info("reload.diff", unit=n, change=key)
+    log.info("reload.checked", added=len(d.added), removed=len(d.removed),
+             changed=len(d.changed))
+    for name in removed_running:
+        # As systemd does with a unit whose file is gone: it runs until stopped.
+        log.warning("reload.removed-still-running", unit=name, hint=f"aeterna stop {name}")
 
 
 def diff(old: dict[str, UnitSpec], new: dict[str, UnitSpec]) -> Diff:

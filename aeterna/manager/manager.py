@@ -21,23 +21,24 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from ..linux import pid1, proc
 from ..linux.sockets import SocketError, bind_listeners, remove_listener
-from ..loader import LoadResult, load_paths
-from ..loader.errors import UnitErrors
+from ..loader import LoadResult
 from ..log import Log
 from ..model import UnitSpec
-from ..results import EXIT_FAILED, EXIT_OK, ExitInfo, Result, errno_name
+from ..results import EXIT_FAILED, EXIT_OK, Result, errno_name
 from ..unit.pids import PidIndex
 from ..unit.runtime import UnitRuntime
-from ..unit.states import DOWN_STATES, STOPPING_STATES, Deps, Event, State, Want
+from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, State, Want
 from ..unit.watchdog import Timer
 from . import daemon_reload
 from .notify_endpoint import NotifyEndpoint
 from .ordering import Ordering
+from .reaper import Reaper
+from .relay_port import RelayPort
 from .spawner import ExitCallback, Spawner
 
 if TYPE_CHECKING:
     from ..relay.coordinator import Coordinator
-    from ..relay.relay import Outcome, Relay
+    from ..relay.relay import Outcome
     from ..relay.srp import SrpUnit
 
 # Variables that describe *our* activation and must never leak to a child.
@@ -67,12 +68,9 @@ class Manager:
         self.units: dict[str, UnitRuntime] = {u.name: UnitRuntime(u, self) for u in loaded.units}
         self.ordering = Ordering(self.units, self.post)
         log.set_unit_levels({u.name: u.observability.log_level for u in loaded.units})
-        self.orphans_reaped = 0
         self.relays: Coordinator | None = None  # loaded by the first relay
         self.srp: dict[str, SrpUnit] = {}  # loaded by units that enable SRP
-        # Processes that are not a unit's main one but whose exit someone awaits:
-        # canaries, draining generations, commands, hooks and exec probes.
-        self.watched: dict[int, ExitCallback] = {}
+        self.port = RelayPort(self)  # what the relay layer holds instead of the manager
         self.base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         self._queue: deque[tuple[UnitRuntime, Event | None]] = deque()
         self._draining = False
@@ -109,6 +107,7 @@ class Manager:
         loop.add_signal_handler(pid1.RELOAD_SIGNAL, self._on_sighup)
         pid1.quiet_wakeup_fd(loop)
         self._open_notify()
+        self.reaper = Reaper(loop, self.log, self.pids)
         self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
                                child_nofile)
         for runtime in self.units.values():
@@ -198,60 +197,31 @@ class Manager:
 
     # ------------------------------------------------------------- the reaper
     def _on_sigchld(self) -> None:
-        """Reap everything; dispatch main-process exits; count orphans."""
+        """Reap everything; then see which stopping units and drains are done."""
         # Read pending notify messages first: once a sender is reaped its pid no
         # longer maps to its unit (and may even be reused).
         self.notify.drain()
-        mains = self.pids.mains
-        for pid, info in proc.reap():
-            runtime = mains.get(pid)
-            callback = self.watched.pop(pid, None)
-            if runtime is not None and runtime.main_pid == pid:
-                runtime.dispatch(Event.EXITED, info=info)
-            elif callback is not None:
-                callback(info)
-            else:
-                self.orphans_reaped += 1
+        self.reaper.reap()
         for runtime in list(self._stopping):
             runtime.check_group()
         if self.relays is not None:
             self.relays.check_groups()
         self._schedule()  # someone may wait for a process group to empty
 
-    def watch(self, pid: int, callback: ExitCallback) -> None:
-        self.watched[pid] = callback
+    @property
+    def orphans_reaped(self) -> int:
+        return self.reaper.orphans
 
-    def unwatch(self, pid: int) -> None:
-        self.watched.pop(pid, None)
+    def watch(self, pid: int, callback: ExitCallback) -> None:
+        """``SpawnerHost``: tell ``callback`` when ``pid`` exits."""
+        self.reaper.watch(pid, callback)
 
     def watch_foreign(self, unit: UnitRuntime, pid: int) -> None:
-        """MAINPID= named a process whose parent is not us: notice its exit by pidfd.
-
-        systemd cannot always tell either; it finishes such a service when its
-        cgroup empties. A pidfd gets readable when the process exits, whoever
-        its parent is; we then treat the exit as clean (its status is not ours).
-        """
+        """MAINPID= (``Host``): its datagrams may come from outside the unit's group,
+        and its exit may not reach our reaper."""
         if unit.pgid is None or pid != unit.pgid:
-            self.notify.foreign[pid] = unit  # its datagrams may come from outside the group
-        if proc.parent_of(pid) == os.getpid():
-            return  # our child (an adopted orphan): the reaper reports it
-        try:
-            fd = os.pidfd_open(pid)
-        except OSError:
-            return
-        assert self.loop is not None
-        loop = self.loop
-
-        def exited() -> None:
-            loop.remove_reader(fd)
-            os.close(fd)
-            if unit.main_pid == pid:
-                self.log.info("unit.mainpid-exited", unit=unit.name, pid=pid,
-                              how="not our child; status unknown")
-                unit.dispatch(Event.EXITED, info=ExitInfo(code=0))
-                unit.check_group()
-
-        loop.add_reader(fd, exited)
+            self.notify.foreign[pid] = unit
+        self.reaper.watch_foreign(unit, pid)
 
     # -------------------------------------------------------------- signals
     def _on_stop_signal(self, sig: int) -> None:
@@ -356,46 +326,30 @@ class Manager:
         if self.relays is None:
             from ..relay.coordinator import Coordinator  # loaded by the first relay
 
-            self.relays = Coordinator(self)
+            self.relays = Coordinator(self.port)
         return self.relays.request(name, spec)
 
     def relay_busy(self, name: str) -> bool:
         return self.relays is not None and self.relays.busy(name)
 
     # -------------------------------------------------------------- reloads
-    def read_units(self) -> dict[str, UnitSpec] | list[str]:
-        """The unit files now, by name; or the errors, each logged."""
-        try:
-            return load_paths(self.paths).by_name()
-        except UnitErrors as exc:
-            for err in exc.errors:
-                self.log.error("reload.invalid", error=str(err))
-            return [str(e) for e in exc.errors]
-
     def reload(self, relay: bool = True) -> tuple[dict[str, Any], list[asyncio.Future[Outcome]]]:
         """SIGHUP, ``aeterna reload``: re-read the unit files and apply them.
 
         Broken files change nothing: the running configuration is kept and the
         errors are reported. Returns (what was done, the relays' outcomes to come).
         """
-        new = self.read_units()
+        new = daemon_reload.read(self.paths, self.log)
         if isinstance(new, list):
             self.log.error("reload.rejected", reason="invalid unit files",
                            kept="running configuration")
             return {"ok": False, "errors": new}, []
         d = daemon_reload.diff({n: r.spec for n, r in self.units.items()}, new)
+        daemon_reload.report(self.log, d, [n for n in d.removed
+                                           if self.units[n].state not in DOWN_STATES])
         self.log.set_unit_levels({u.name: u.observability.log_level for u in new.values()})
         if self.surfaces is not None:
             self.background(self.surfaces.sync(list(new.values())))
-        for key, names in d.as_dict().items():
-            for n in names:
-                self.log.info("reload.diff", unit=n, change=key)
-        self.log.info("reload.checked", added=len(d.added), removed=len(d.removed),
-                      changed=len(d.changed))
-        for name in d.removed:
-            if self.units[name].state not in DOWN_STATES:
-                self.log.warning("reload.removed-still-running", unit=name,
-                                 hint=f"aeterna stop {name}")
         if d.added and not self.shutting_down:
             self._add_units([new[n] for n in d.added])
         relayed: list[str] = []
@@ -405,8 +359,7 @@ class Manager:
             runtime = self.units[name]
             if spec is None:
                 continue
-            if relay and daemon_reload.relays(spec) and runtime.state in (
-                    State.ACTIVE, State.RELOADING, State.EXITED):
+            if relay and daemon_reload.relays(spec) and runtime.state in UP_STATES:
                 futures.append(self.relay(name, spec))
                 relayed.append(name)
             elif name in d.changed:
@@ -436,7 +389,7 @@ class Manager:
 
     def reload_unit(self, name: str) -> tuple[str, UnitSpec | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error)."""
-        new = self.read_units()
+        new = daemon_reload.read(self.paths, self.log)
         if isinstance(new, list):
             return "invalid", None, "\n".join(new)
         spec = new.get(name)
@@ -450,7 +403,7 @@ class Manager:
 
     def reread_unit(self, name: str) -> UnitSpec | None:
         """The unit's definition from the files now, or None if they do not validate."""
-        new = self.read_units()
+        new = daemon_reload.read(self.paths, self.log)
         return None if isinstance(new, list) else new.get(name)
 
     # ------------------------------------------------------------- Host (units)
@@ -487,7 +440,7 @@ class Manager:
         if spec.orchestration.state_handoff.enabled and runtime.name not in self.srp:
             from ..relay.srp import SrpUnit  # loaded only by units that use SRP
 
-            self.srp[runtime.name] = SrpUnit(self, runtime)
+            self.srp[runtime.name] = SrpUnit(self.port, runtime)
         return self.srp.get(runtime.name)
 
     def srp_channel(self, runtime: UnitRuntime, spec: UnitSpec, generation: int) -> int:
@@ -500,42 +453,6 @@ class Manager:
         task = asyncio.ensure_future(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
-
-    def unit(self, name: str) -> UnitRuntime:
-        return self.units[name]
-
-    def spawn_generation(self, runtime: UnitRuntime, spec: UnitSpec, generation: int,
-                         exited: ExitCallback) -> int:
-        return self.spawner.generation(runtime, spec, generation, exited)
-
-    def run_helper(self, runtime: UnitRuntime, argv: tuple[str, ...], timeout: float,
-                   label: str) -> Coroutine[Any, Any, ExitInfo | None]:
-        return self.spawner.run_helper(runtime, argv, timeout, label)
-
-    def background_hook(self, runtime: UnitRuntime, argv: tuple[str, ...],
-                        outcome: str) -> None:
-        self.spawner.background_hook(runtime, argv, outcome)
-
-    def retire(self, pid: int, retired: bool) -> None:
-        """A draining generation's datagrams are expected, not a stranger's."""
-        if retired:
-            self.notify.retired.add(pid)
-        else:
-            self.notify.retired.discard(pid)
-
-    def srp_of(self, name: str) -> SrpUnit | None:
-        return self.srp.get(name)
-
-    def relay_of(self, name: str) -> Relay | None:
-        return self.relays.current.get(name) if self.relays is not None else None
-
-    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        assert self.loop is not None
-        self.loop.add_reader(fd, callback)
-
-    def remove_reader(self, fd: int) -> None:
-        assert self.loop is not None
-        self.loop.remove_reader(fd)
 
     # -------------------------------------------------------------- waiting
     def wake(self) -> None:

@@ -29,7 +29,7 @@ from ..results import ExitInfo, Result, errno_name
 from . import commands, reload
 from .pids import PidIndex
 from .policy import StartLimiter, classify_exit, restart_delay, should_restart
-from .states import DOWN_STATES, KILL_TIMEOUT, RUNNING_STATES, Deps, Event, State, Want
+from .states import DOWN_STATES, RUNNING_STATES, Deps, Event, State, Want
 from .watchdog import Notified, Timer, Watchdog, watchdog_usec
 
 __all__ = ["Host", "UnitRuntime"]
@@ -207,7 +207,7 @@ class UnitRuntime:
         self.result = Result.SUCCESS
         pre = self.spec.service.exec_start_pre
         if pre:
-            commands.run(self, pre, State.START_PRE, self._spawn_main, self._after_exit)
+            commands.run(self, pre, State.START_PRE, self._spawn_main, self.after_exit)
         else:
             self._spawn_main()
 
@@ -220,14 +220,14 @@ class UnitRuntime:
             self.last_exit = ExitInfo(code=exc.exit_status)
             self.host.warning("unit.exec-failed", unit=self.name, stage=exc.stage,
                               errno=errno_name(exc.errno), path=exc.path, error=str(exc))
-            self._after_exit()
+            self.after_exit()
             return
         except OSError as exc:
             self.record_failure(Result.RESOURCES)
             self.last_exit = ExitInfo(code=1)
             self.host.warning("unit.spawn-failed", unit=self.name,
                               errno=errno_name(exc.errno or 0), error=str(exc))
-            self._after_exit()
+            self.after_exit()
             return
         self.main_pid = self.pgid = pid
         self.started_at = time.monotonic()
@@ -262,16 +262,16 @@ class UnitRuntime:
     def _post_failed(self) -> None:
         """An ExecStartPost= command failed: the unit fails and its process is stopped."""
         if self.main_pid is not None:
-            self._enter_stopping(self.spec.service.stop_signal)
+            self.enter_stopping(self.spec.service.stop_signal)
         else:
-            self._after_exit()
+            self.after_exit()
 
     def starting_timeout(self) -> None:
         """Not ready within the start timeout: stop it, and count a failure."""
         self.record_failure(Result.TIMEOUT)
         self.host.warning("unit.start-timeout", unit=self.name,
                           timeout=self.spec.service.timeouts.start)
-        self._enter_stopping(self.spec.service.stop_signal)
+        self.enter_stopping(self.spec.service.stop_signal)
 
     def adopt(self, pid: int, generation: int, spec: UnitSpec, notified: Notified) -> None:
         """Hot relay promotion: N+1 becomes this unit's main process, whatever N was doing."""
@@ -311,7 +311,7 @@ class UnitRuntime:
         self.record_failure(result)
         self.host.info("unit.exited", unit=self.name, how=str(info), result=result.value)
         self._reap_group_leftovers()
-        self._after_exit()
+        self.after_exit()
 
     def _reap_group_leftovers(self) -> None:
         """The main process is gone; tell what is left of its group to go too."""
@@ -320,7 +320,7 @@ class UnitRuntime:
             if self.host.kill(self.pgid, self.spec.service.stop_signal, group=True):
                 self.host.kill(self.pgid, signal.SIGCONT, group=True)
 
-    def _after_exit(self) -> None:
+    def after_exit(self) -> None:
         """A run ended: restart after RestartSec=, or settle inactive or failed."""
         svc = self.spec.service
         if self.want is Want.POLICY and should_restart(svc.restart, self.result):
@@ -331,9 +331,9 @@ class UnitRuntime:
             self.enter(State.AUTO_RESTART)
             self.arm(delay, Event.RESTART_DUE)
             return
-        self._settle()
+        self.settle()
 
-    def _settle(self, state: State | None = None) -> None:
+    def settle(self, state: State | None = None) -> None:
         """Down (``state``, else inactive or failed by the result); a restart asked
         for starts now."""
         if state is None:
@@ -349,49 +349,8 @@ class UnitRuntime:
         self.enter(State.WAITING)
         self._try_deps()
 
-    # ------------------------------------------------------------ stopping
-    def waiting_stop(self) -> None:
-        """Stopped with no process of the unit running (waiting, ExecStartPre=, a
-        oneshot that finished): inactive at once."""
-        self.disarm()
-        commands.kill(self)
-        self.want = Want.STAY_DOWN
-        self._settle(State.INACTIVE)
-
-    def exited_stop(self) -> None:
-        """A oneshot that finished is stopped."""
-        self.waiting_stop()
-
-    def start_pre_stop(self) -> None:
-        """Stopped while ExecStartPre= runs: its command is killed, nothing else ran."""
-        self.waiting_stop()
-
-    def auto_restart_stop(self) -> None:
-        """Stopped during RestartSec=: the failure that led there stays the result."""
-        self.disarm()
-        self.want = Want.STAY_DOWN
-        self._settle()
-
-    def running_stop(self) -> None:
-        """A manual stop: ExecStop= if any, then signal the group, arm the stop timeout."""
-        self.want = Want.STAY_DOWN
-        commands.kill(self)
-        stop_signal = self.spec.service.stop_signal
-        if self.spec.service.exec_stop and self.main_pid is not None:
-            commands.run(self, self.spec.service.exec_stop, State.STOP_PRE,
-                         lambda: self._enter_stopping(stop_signal),
-                         lambda: self._enter_stopping(stop_signal))
-        else:
-            self._enter_stopping(stop_signal)
-
-    def running_watchdog(self) -> None:
-        """The watchdog expired (or WATCHDOG=trigger): kill with the watchdog signal."""
-        self.record_failure(Result.WATCHDOG)
-        self.host.warning("unit.watchdog", unit=self.name, pid=self.main_pid,
-                          signal=self.spec.service.watchdog_signal.name)
-        self._enter_stopping(self.spec.service.watchdog_signal)
-
-    def _enter_stopping(self, sig: int | None) -> None:
+    # ------------------------------------------------------------ stopping (see .stopping)
+    def enter_stopping(self, sig: int | None) -> None:
         """The one way into STOPPING: signal the unit (unless ``sig`` is None), arm the
         stop timeout. What comes after is ``want``'s: a failure's stop leaves it POLICY."""
         self.watchdog.disarm()
@@ -399,12 +358,6 @@ class UnitRuntime:
         if sig is not None:
             self._signal(sig, first=True)
         self.arm(self.spec.service.timeouts.stop, Event.TIMEOUT)
-
-    def stop_pre_exited(self, info: ExitInfo) -> None:
-        """The main process ended while ExecStop= ran: finish stopping."""
-        commands.kill(self)
-        self._enter_stopping(None)
-        self.stopping_exited(info)
 
     def _signal(self, sig: int, first: bool) -> None:
         mode = self.spec.service.kill_mode
@@ -418,15 +371,6 @@ class UnitRuntime:
         if sig != signal.SIGKILL:
             self.host.kill(target, signal.SIGCONT, group=group)
 
-    def stopping_exited(self, info: ExitInfo) -> None:
-        """The main process is gone; the unit is down once its group is empty too."""
-        self.last_exit = info
-        self.main_pid = None
-        self.host.info("unit.exited", unit=self.name, how=str(info))
-        if self.spec.service.kill_mode is KillMode.MIXED and self.pgid is not None:
-            self.host.kill(self.pgid, signal.SIGKILL, group=True)
-        self.check_group()
-
     def check_group(self) -> None:
         """After each round of reaping while stopping: is anything of the unit left?"""
         if self.state not in (State.STOPPING, State.KILLING) or self.main_pid is not None:
@@ -435,44 +379,6 @@ class UnitRuntime:
         if (mode in (KillMode.PROCESS, KillMode.NONE) or self.pgid is None
                 or not self.host.kill(self.pgid, 0, group=True)):
             self.dispatch(Event.GROUP_EMPTY)
-
-    def stopping_group_empty(self) -> None:
-        """Everything of the unit is gone: restart by policy, start again, or settle."""
-        self.disarm()
-        self.pgid = None
-        if self.want is Want.POLICY:
-            self._after_exit()
-        else:
-            self._settle()
-
-    def stopping_timeout(self) -> None:
-        """The stop timeout passed: SIGKILL the group."""
-        self.host.warning("unit.stop-timeout", unit=self.name, pid=self.main_pid,
-                          timeout=self.spec.service.timeouts.stop)
-        self.record_failure(Result.TIMEOUT)
-        self.enter(State.KILLING)
-        mode = self.spec.service.kill_mode
-        if mode is not KillMode.NONE:
-            if self.pgid is not None and mode is not KillMode.PROCESS:
-                self.host.kill(self.pgid, signal.SIGKILL, group=True)
-            elif self.main_pid is not None:
-                self.host.kill(self.main_pid, signal.SIGKILL, group=False)
-        self.arm(KILL_TIMEOUT, Event.TIMEOUT)
-
-    def killing_timeout(self) -> None:
-        """Even SIGKILL did not end it (uninterruptible sleep): give up on it."""
-        self.host.warning("unit.abandoned", unit=self.name, pid=self.main_pid)
-        self.main_pid = None
-        self.stopping_group_empty()
-
-    def stopping_start(self) -> None:
-        """A start asked for while stopping (or running ExecStop=): start again once down."""
-        self.want = Want.START
-
-    def stopping_stop(self) -> None:
-        """A stop asked for while stopping (for a failure, or a restart) or running
-        ExecStop=: it stays down after, whatever was pending."""
-        self.want = Want.STAY_DOWN
 
     # ------------------------------------------------------------ what sd_notify drives
     def effective_notify_access(self) -> NotifyAccess:

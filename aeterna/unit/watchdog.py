@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..model import NotifyAccess
 
@@ -80,6 +80,3 @@ def watchdog_usec(notified: Notified, watchdog_sec: float) -> int:
         return notified.watchdog_usec
     return int(watchdog_sec * 1e6)
 
-
-def noop(*_: Any) -> None:
-    """For timers and callbacks that must exist but do nothing."""
