@@ -166,6 +166,9 @@ class Service:
     watchdog_signal: signal.Signals = signal.SIGABRT
     reload_signal: signal.Signals = signal.SIGHUP
     fd_store_max: int = 0
+    # LimitNOFILE=: the processes' soft fd limit (0: the soft limit the manager was
+    # started with, which it raised for itself).
+    limit_nofile: int = 0
     success_exit_status: tuple[int, ...] = ()
     exec_start_pre: tuple[tuple[str, ...], ...] = ()
     exec_start_post: tuple[tuple[str, ...], ...] = ()

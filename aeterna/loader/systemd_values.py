@@ -53,6 +53,17 @@ def whole_number(lo: int, hi: int) -> Callable[[str], int]:
     return conv
 
 
+def nofile_limit(v: str) -> int:
+    """LimitNOFILE=: SOFT, SOFT:HARD or infinity; the soft limit is what applies (capped
+    at the manager's hard limit when the process starts)."""
+    soft = v.partition(":")[0]
+    if soft == "infinity":
+        return 2**31 - 1
+    if not re.fullmatch(r"[0-9]{1,10}", soft) or not 1 <= int(soft) < 2**31:
+        raise expect("a number of fds like 4096, SOFT:HARD or infinity", v)
+    return int(soft)
+
+
 def octal_mode(v: str) -> int:
     if not re.fullmatch(r"[0-7]{1,4}", v):
         raise expect("an octal file mode like 0660", v)

@@ -172,7 +172,7 @@ _SERVICE = (
     "name", "command", "type", "env", "env_file", "working_directory", "user", "group",
     "restart", "restart_sec", "backoff", "start_limit", "timeouts", "stop_signal",
     "kill_mode", "depends_on", "notify_access", "watchdog_sec", "watchdog_signal",
-    "reload_signal", "fd_store_max", "success_exit_status", "sockets",
+    "reload_signal", "fd_store_max", "limit_nofile", "success_exit_status", "sockets",
     "exec_start_pre", "exec_start_post", "exec_stop", "exec_reload",
 )
 _SOCKET = (
@@ -264,6 +264,7 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
         "notify_access": lambda n, q: doc.choice(n, q, NotifyAccess),
         "watchdog_sec": doc.duration,
         "fd_store_max": doc.integer,
+        "limit_nofile": lambda n, q: doc.integer(n, q, lo=1),
     }
     for key, fn in simple.items():
         if key in m:

@@ -77,7 +77,7 @@ def build_request(runtime: UnitRuntime, spec: UnitSpec, generation: int,
     return SpawnRequest(argv=argv, env=env, cwd=cwd,
                         uid=uid, gid=gid, groups=groups, argv0=svc.argv0,
                         pass_fds=tuple(fds), blocking_fds=frozenset(socket_fds),
-                        pid_env=tuple(pid_env), nofile=nofile)
+                        pid_env=tuple(pid_env), nofile=svc.limit_nofile or nofile)
 
 
 def with_(req: SpawnRequest, **changes: Any) -> SpawnRequest:

@@ -100,17 +100,21 @@ def test_fd_limit_raised_for_the_manager_and_given_back_to_children(tmp_path: Pa
     from conftest import AETERNA, write_units
 
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-    units = write_units(tmp_path / "units", {"u.yaml": (
-        'service:\n  name: u\n  command: ["/bin/sh", "-c", "echo soft=$(ulimit -Sn); '
-        'exec sleep 300"]\n')})
+    show = '["/bin/sh", "-c", "echo {name} soft=$(ulimit -Sn); exec sleep 300"]'
+    units = write_units(tmp_path / "units", {
+        "u.yaml": f"service:\n  name: u\n  command: {show.format(name='u')}\n",
+        # A unit that sets its own (LimitNOFILE=, limit_nofile:) gets that one.
+        "v.yaml": f"service:\n  name: v\n  command: {show.format(name='v')}\n"
+                  "  limit_nofile: 300\n"})
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([*AETERNA, "--control", str(tmp_path / "c.sock"), "start", "-c",
                              str(units)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             env=env, preexec_fn=_lower_soft_nofile)
     try:
         assert proc.stdout is not None
-        line = proc.stdout.readline().decode()
-        assert line.strip().endswith(f"soft={min(512, hard)}"), line
+        lines = sorted(proc.stdout.readline().decode().strip() for _ in range(2))
+        assert lines[0].endswith(f"u soft={min(512, hard)}"), lines
+        assert lines[1].endswith("v soft=300"), lines
         limits = Path(f"/proc/{proc.pid}/limits").read_text()
         row = next(r for r in limits.splitlines() if r.startswith("Max open files"))
         assert row.split()[3:5] == [str(hard), str(hard)], row

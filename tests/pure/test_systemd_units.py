@@ -296,6 +296,7 @@ ReloadSignal=USR2
 WatchdogSec=20s
 NotifyAccess=all
 FileDescriptorStoreMax=8
+LimitNOFILE=4096:524288
 EnvironmentFile=-/etc/default/a
 EnvironmentFile=/etc/a.env
 RestartSec=1
@@ -307,7 +308,7 @@ Restart=always
     assert svc.type is ServiceType.NOTIFY_RELOAD
     assert (svc.timeouts.start, svc.timeouts.stop) == (60.0, math.inf)  # 0 = no limit
     assert (svc.stop_signal, svc.reload_signal) == (signal.SIGINT, signal.SIGUSR2)
-    assert (svc.watchdog_sec, svc.fd_store_max) == (20.0, 8)
+    assert (svc.watchdog_sec, svc.fd_store_max, svc.limit_nofile) == (20.0, 8, 4096)
     assert svc.env_files == (("/etc/default/a", True), ("/etc/a.env", False))
     assert (svc.start_limit.burst, svc.start_limit.interval) == (3, 30.0)
     assert svc.backoff.factor == pytest.approx(2.0) and svc.backoff.max_delay == 8.0
@@ -451,6 +452,9 @@ ERRORS: list[tuple[str, dict[str, str], str]] = [
     ("exit status", {"a.service": SVC + "SuccessExitStatus=1 300\n"},
      "a.service:3: Service.SuccessExitStatus: expected exit codes from 0 to 255 or signal "
      "names, found '300'"),
+    ("fd limit", {"a.service": SVC + "LimitNOFILE=lots\n"},
+     "a.service:3: Service.LimitNOFILE: expected a number of fds like 4096, SOFT:HARD or "
+     "infinity, found 'lots'"),
     ("lone percent", {"a.service": "[Unit]\nDescription=100%\n" + SVC},
      "a.service:2: Unit.Description: expected a specifier after '%' (write %% for a literal "
      "percent sign), found '100%'"),

@@ -53,6 +53,8 @@ BROKEN = [
      "found 'all'"),
     ("env-not-assignment", BASE + '  env:\n    - "FOO"\n',
      "u.yaml:5: service.env[0]: expected \"NAME=value\", found 'FOO'"),
+    ("zero-fd-limit", BASE + "  limit_nofile: 0\n",
+     "u.yaml:4: service.limit_nofile: expected a whole number >= 1, found '0'"),
     ("negative-burst", BASE + "  start_limit: {burst: -1}\n",
      "u.yaml:4: service.start_limit.burst: expected a whole number >= 0, found '-1'"),
     ("self-dependency", BASE + "  depends_on: [a]\n",
@@ -135,6 +137,7 @@ def test_full_service_settings() -> None:
           stop_signal: INT
           kill_mode: mixed
           depends_on: [db, {name: cache, require: false}]
+          limit_nofile: 4096
         """), "web.yaml")
     s = unit.service
     assert s.command == ("gunicorn", "-b", "fd://3", "app:app")
@@ -147,6 +150,7 @@ def test_full_service_settings() -> None:
     assert (s.timeouts.start, s.timeouts.stop) == (60, 5)
     assert s.stop_signal is signal.SIGINT and s.kill_mode is KillMode.MIXED
     assert [(d.name, d.require) for d in s.depends_on] == [("db", True), ("cache", False)]
+    assert s.limit_nofile == 4096
 
 
 def test_restart_no_is_not_a_yaml_boolean() -> None:
