@@ -1,1 +1,1 @@
-"""linux"""
+"""The only kernel-facing code: spawning, reaping, signals, sockets, fds, memfds, /proc."""

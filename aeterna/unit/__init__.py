@@ -1,1 +1,1 @@
-"""unit"""
+"""One unit's lifecycle: states, the transition table, and the functions it names."""

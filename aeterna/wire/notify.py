@@ -211,13 +211,14 @@ def authorise(
     access: NotifyAccess,
     sender_pid: int,
     main_pid: int | None,
-    control_pids: set[int],
+    command_pids: set[int],
     unit_pids: set[int],
 ) -> bool:
     """Whether ``sender_pid`` may notify for a unit under ``NotifyAccess=access``.
 
     ``none`` refuses everyone; ``main`` accepts only the main pid (never an unknown
-    one); ``exec`` also the current control processes; ``all`` any process of the unit.
+    one); ``exec`` also its running commands (ExecStartPre= and the like; systemd's
+    "control processes"); ``all`` any process of the unit.
     """
     if sender_pid <= 0 or access is NotifyAccess.NONE:
         return False
@@ -225,7 +226,7 @@ def authorise(
         return True
     if access is NotifyAccess.MAIN:
         return False
-    if sender_pid in control_pids:
+    if sender_pid in command_pids:
         return True
     return access is NotifyAccess.ALL and sender_pid in unit_pids
 
