@@ -329,9 +329,6 @@ class Manager:
             self.relays = Coordinator(self.port)
         return self.relays.request(name, spec)
 
-    def relay_busy(self, name: str) -> bool:
-        return self.relays is not None and self.relays.busy(name)
-
     # -------------------------------------------------------------- reloads
     def reload(self, relay: bool = True) -> tuple[dict[str, Any], list[asyncio.Future[Outcome]]]:
         """SIGHUP, ``aeterna reload``: re-read the unit files and apply them.

@@ -104,9 +104,6 @@ class Coordinator:
         nxt = self.request(relay.name, spec)
         nxt.add_done_callback(lambda f: _settle(follow, f.result()))
 
-    def busy(self, name: str) -> bool:
-        return name in self.current
-
     def active(self) -> bool:
         """A relay runs, or an old generation still drains."""
         return bool(self.current or self.draining)
@@ -121,11 +118,14 @@ class Coordinator:
         runtime, canary = relay.runtime, relay.canary
         assert canary is not None and canary.main_pid is not None
         old_pid, old_pgid, old_gen = runtime.main_pid, runtime.pgid, runtime.generation
+        # N gets its drain signal first: N+1 serves already, and every moment N keeps
+        # accepting from the shared queue is a moment it must drain. Nothing can
+        # reap N in between: the reaper runs on this loop, after this call.
+        if old_pid is not None and old_pgid is not None:
+            self.start_drain(relay.spec, old_pid, old_pgid, old_gen)
         self.host.unwatch(canary.main_pid)
         canary.retire()
         runtime.adopt(canary.main_pid, relay.generation, relay.spec, canary.notified)
-        if old_pid is not None and old_pgid is not None:
-            self.start_drain(relay.spec, old_pid, old_pgid, old_gen)
         return old_pid
 
     def start_drain(self, spec: UnitSpec, pid: int, pgid: int, generation: int) -> None:
@@ -134,8 +134,7 @@ class Coordinator:
         self.draining[pid] = d
         self.host.retire(pid, True)
         self.host.watch(pid, functools.partial(self._drained_main, d))
-        # The signal first, the log line after: N+1 is already serving, and every
-        # moment N keeps accepting from the shared queue is a moment it must drain.
+        # The signal first, the log line after (see promote).
         if spec.service.kill_mode in (KillMode.PROCESS, KillMode.MIXED):
             self.host.kill(pid, drain.signal, group=False)
         else:
