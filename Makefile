@@ -28,7 +28,9 @@ STAMP_TEST  := $(VENV)/.stamp-test
 
 # Debian packages the test suite and benchmarks use.
 APT_PACKAGES ?= python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
-                tini dumb-init supervisor wrk util-linux procps iproute2 golang-go
+                tini dumb-init supervisor wrk util-linux procps iproute2 golang-go \
+                mmdebstrap docker.io podman runc debhelper dh-python \
+                pybuild-plugin-pyproject lintian piuparts fakeroot default-jdk-headless
 
 # The `test` extra from pyproject.toml, less systemd-python.
 TEST_DEPS_NO_SYSTEMD := import tomllib; \
@@ -38,7 +40,7 @@ TEST_DEPS_NO_SYSTEMD := import tomllib; \
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help demo test lint bench clean sysdeps venv
+.PHONY: help demo test lint bench clean sysdeps venv rootfs
 
 help:
 	@echo "targets: demo test lint bench clean sysdeps"
@@ -66,6 +68,13 @@ sysdeps:
 	echo "sysdeps: installing missing Debian packages:$$missing"; \
 	apt-get update -q; \
 	apt-get install -y -q --no-install-recommends $$missing
+
+# A Debian 12 root file system (tarball) for the package and container tests,
+# built once from apt's own mirror and cached.
+ROOTFS ?= build/rootfs/bookworm.tar
+
+rootfs: sysdeps
+	packaging/rootfs.sh $(ROOTFS)
 
 # --------------------------------------------------------------------------- virtualenv
 # Debian's python3 has no ensurepip until python3-venv is installed.
