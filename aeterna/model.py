@@ -241,7 +241,7 @@ class StateHandoff:
     socket_path: str = ""
     timeout: float = 30.0
     required: bool = False
-    max_size: int = 0
+    max_size: int = 1 << 30  # 1 GiB; 0 = no limit
     persist_dir: str = ""
 
 

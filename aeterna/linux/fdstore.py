@@ -22,6 +22,8 @@ import os
 import select
 from dataclasses import dataclass
 
+from .fds import close_fds
+
 
 @dataclass
 class Entry:
@@ -49,7 +51,7 @@ class FdStore:
         try:
             st = os.fstat(fd)
         except OSError:
-            os.close(fd)
+            close_fds([fd])
             return "invalid"
         for e in self.entries:
             try:
@@ -58,10 +60,10 @@ class FdStore:
                 continue
             if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino) and _same_description(
                     e.fd, fd):
-                os.close(fd)
+                close_fds([fd])
                 return "duplicate"
         if len(self.entries) >= self.maximum:
-            os.close(fd)
+            close_fds([fd])
             return "full"
         os.set_inheritable(fd, False)
         self.entries.append(Entry(fd, name, poll))
@@ -103,7 +105,7 @@ class FdStore:
                 self._epoll.unregister(e.fd)
             except OSError:
                 pass
-        os.close(e.fd)
+        close_fds([e.fd])
 
     def fds(self) -> list[int]:
         return [e.fd for e in self.entries]

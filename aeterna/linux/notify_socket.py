@@ -22,7 +22,7 @@ from ..wire.notify import (
     Rejection,
     validate,
 )
-from .fds import close_fds
+from .fds import discard_fds
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid_t pid, uid_t uid, gid_t gid
 _RECV_BUFSIZE = NOTIFY_BUFFER_MAX + 1  # one spare byte, so 4097 bytes is "too large", not cut
@@ -148,7 +148,7 @@ class NotifyReceiver:
         try:
             message = validate(payload, msg_flags, pid, n_fds)
         except NotifyError as exc:
-            close_fds(fds)
+            discard_fds(fds)
             return Datagram(payload, pid, uid, gid, fds, n_fds, rejection=exc.reason)
         return Datagram(payload, pid, uid, gid, fds, n_fds, message=message)
 

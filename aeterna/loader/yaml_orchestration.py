@@ -135,6 +135,6 @@ def _handoff(doc: _Doc, node: yaml.Node, q: str) -> StateHandoff:
         timeout=doc.duration(s["timeout"][1], f"{q}.timeout") if "timeout" in s else d.timeout,
         required=doc.boolean(s["required"][1], f"{q}.required") if "required" in s else False,
         max_size=doc.parsed(s["max_size"][1], f"{q}.max_size", parse_size,
-                            'a size like "1GiB"') if "max_size" in s else 0,
+                            'a size like "1GiB"') if "max_size" in s else d.max_size,
         persist_dir=doc.text(s["persist_dir"][1], f"{q}.persist_dir")
         if "persist_dir" in s else "")

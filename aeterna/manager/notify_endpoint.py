@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
-from ..linux.fds import close_fds
+from ..linux.fds import close_fds, discard_fds
 from ..linux.fdstore import FdStore
 from ..linux.notify_socket import Datagram, NotifyReceiver
 from ..log import Log
@@ -78,7 +78,7 @@ class NotifyEndpoint:
         return True
 
     def _reject(self, reason: Rejection, d: Datagram, **fields: object) -> None:
-        close_fds(d.fds)
+        discard_fds(d.fds)
         self.rejected[reason.value] = self.rejected.get(reason.value, 0) + 1
         self.log.warning("notify.dropped", reason=reason.value, pid=d.pid, fds=d.n_fds, **fields)
 
@@ -139,7 +139,7 @@ class NotifyEndpoint:
             said.exit_status = msg.exit_status
         if msg.fdstore and fds:
             self._store(t, msg, fds)
-        close_fds(fds)
+        discard_fds(fds)  # fds sent with a message that takes none
         if msg.fdstoreremove and msg.fdname is not None and t.fdstore is not None:
             n = t.fdstore.remove_name(msg.fdname)
             self.log.info("fdstore.removed", unit=t.name, name=msg.fdname, count=n)

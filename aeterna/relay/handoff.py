@@ -32,6 +32,7 @@ class HandoffResult(enum.Enum):
     LOAD_TIMEOUT = "load-timeout"
     LOAD_FAILED = "load-failed"
     PEER_GONE = "peer-gone"
+    NOT_ASKED = "not-asked"  # required, and N+1 became ready without asking
 
 
 class Phase(enum.Enum):

@@ -50,6 +50,8 @@ class Relay:
         self.durations: dict[str, float] = {}
         self._phase_started = time.monotonic()
         self._failed: asyncio.Future[RelayFailed] | None = None
+        self._asked: asyncio.Future[None] | None = None  # N+1 said HELLO WANT_STATE=1
+        self._settled: asyncio.Future[None] | None = None  # ... and its handoff ended
 
     @property
     def name(self) -> str:
@@ -71,7 +73,10 @@ class Relay:
     async def run(self, promote: Callable[[Relay], int | None]) -> Outcome:
         """Run the relay to its end (``promote(relay)`` swaps N for N+1); never raises."""
         t0 = time.monotonic()
-        self._failed = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._failed = loop.create_future()
+        self._asked = loop.create_future()
+        self._settled = loop.create_future()
         old_pid = self.runtime.main_pid
         failed_phase = Phase.IDLE
         try:
@@ -90,6 +95,7 @@ class Relay:
             self._enter(Phase.SOAKING)
             failed_phase = Phase.SOAKING
             await self._soak()
+            await self._await_handoff()
             self._enter(Phase.PROMOTING)
             old_pid = promote(self)
             self._enter(Phase.DONE)
@@ -231,6 +237,46 @@ class Relay:
         """Fail the relay at its next step (a probe, the watchdog, the handoff, a stop)."""
         if self._failed is not None and not self._failed.done():
             self._failed.set_result(failure)
+
+    def handoff_started(self, handoff: Handoff) -> None:
+        self.handoff = handoff
+        if self._asked is not None and not self._asked.done():
+            self._asked.set_result(None)
+
+    def handoff_settled(self) -> None:
+        if self._settled is not None and not self._settled.done():
+            self._settled.set_result(None)
+
+    async def _await_handoff(self) -> None:
+        """``required: true``: no promotion before N+1 said ``LOADED=1``, whatever the soak.
+
+        READY=1 and HELLO travel on different sockets, so one may be read before
+        the other: N+1 gets ``timeout`` after its READY to ask, then the handoff's
+        own two bounded steps (checkpoint, load) to finish.
+        """
+        sh = self.spec.orchestration.state_handoff
+        if not (sh.enabled and sh.required):
+            return
+        assert self.canary is not None and self._failed is not None
+        assert self._asked is not None and self._settled is not None
+        ends: set[asyncio.Future[Any]] = {self.canary.gone, self._failed}
+        for step, timeout in ((self._asked, sh.timeout), (self._settled, 2 * sh.timeout + 1)):
+            if not step.done():
+                await asyncio.wait(ends | {step}, timeout=timeout,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            if self.canary.gone.done():
+                raise RelayFailed(Reason.CRASHED, str(self.canary.gone.result()))
+            if self._failed.done():
+                raise self._failed.result()
+        handoff = self.handoff
+        if handoff is None:
+            from .handoff import HandoffResult
+            raise RelayFailed(Reason.HANDOFF, f"{HandoffResult.NOT_ASKED.value}: ready without "
+                              "HELLO WANT_STATE=1 and the state is required")
+        if handoff.result is None:
+            raise RelayFailed(Reason.HANDOFF, "load-timeout")
+        if handoff.failed:
+            raise RelayFailed(Reason.HANDOFF, handoff.result.value)
 
     def handoff_failed(self, result: HandoffResult) -> None:
         """SRP with ``required: true``: a failed handoff rolls the relay back."""

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..linux.fds import close_fds, recv_record
+from ..linux.fds import close_fds, discard_fds, peer_closed, recv_record
 from ..linux.memfd import check_state
 from ..log import Log
 from ..model import StateHandoff
@@ -56,6 +56,7 @@ class Channel:
     generation: int
     waiters: dict[tuple[str, int], asyncio.Future[Reply]] = field(default_factory=dict)
     closed: bool = False
+    asked: bool = False  # HELLO WANT_STATE=1 was acted on; one per channel
 
     def send(self, data: bytes, fds: list[int] | None = None) -> bool:
         try:
@@ -78,6 +79,8 @@ class SrpUnit:
         self.channels: dict[int, Channel] = {}
         self.latest: Checkpoint | None = None
         self._seq = 0
+        self._persisting = False
+        self._persist_again: str | None = None
         self.load_persisted()
 
     @property
@@ -127,14 +130,19 @@ class SrpUnit:
                 return
             data, fds, truncated = rec
             if not data and not fds:
-                self._close_channel(chan)
-                return
+                # SEQPACKET: a zero-length record reads like EOF; only a hang-up is one.
+                if peer_closed(chan.sock):
+                    self._close_channel(chan)
+                    return
+                self.log.warning("srp.dropped", unit=self.name, generation=chan.generation,
+                                 reason="empty")
+                continue
             try:
                 if truncated:
                     raise SrpError("truncated")
                 msg = parse(data)
             except SrpError as exc:
-                close_fds(fds)
+                discard_fds(fds)
                 self.log.warning("srp.dropped", unit=self.name, generation=chan.generation,
                                  reason=exc.reason)
                 continue
@@ -147,9 +155,17 @@ class SrpUnit:
             waiter.set_result((msg, fds))
             return
         if msg.verb == "HELLO":
-            close_fds(fds)
-            if msg.get("WANT_STATE") == "1":
-                self.host.background(self._want_state(chan.generation))
+            discard_fds(fds)
+            if msg.get("WANT_STATE") != "1":
+                return
+            if chan.asked:
+                # One handoff per generation: a repeated HELLO must not make N
+                # checkpoint again (5,000 HELLOs were 5,000 CHECKPOINTs).
+                self.log.warning("srp.hello-repeated", unit=self.name,
+                                 generation=chan.generation)
+                return
+            chan.asked = True
+            self.host.background(self._want_state(chan.generation))
             return
         if msg.verb == "STATE" and msg.ok and seq is None:
             if chan.generation != self.runtime.generation:
@@ -161,7 +177,7 @@ class SrpUnit:
                 return
             self._keep(msg, fds, chan.generation, "push", self.settings)
             return
-        close_fds(fds)
+        discard_fds(fds)
         self.log.debug("srp.unexpected", unit=self.name, verb=msg.verb, seq=seq)
 
     # ----------------------------------------------------------- checkpoints
@@ -180,7 +196,7 @@ class SrpUnit:
         self.log.info("srp.checkpoint", unit=self.name, generation=generation, how=how,
                       size=msg.get("SIZE"), fds=len(fds))
         if settings.persist_dir:
-            self.persist(settings.persist_dir)
+            self.persist_soon(settings.persist_dir)
         return None
 
     async def _request(self, generation: int, verb: str, reply_verb: str, timeout: float,
@@ -288,9 +304,12 @@ class SrpUnit:
     async def hand_over(self, relay: Relay) -> None:
         """docs/srp.md §5: N checkpoints, the manager checks, N+1 loads."""
         settings = relay.spec.orchestration.state_handoff
-        handoff = relay.handoff = Handoff(self, self.runtime.generation, relay.generation,
-                                          settings)
-        result = await handoff.run(serving_alive=self.runtime.main_pid is not None)
+        handoff = Handoff(self, self.runtime.generation, relay.generation, settings)
+        relay.handoff_started(handoff)
+        try:
+            result = await handoff.run(serving_alive=self.runtime.main_pid is not None)
+        finally:
+            relay.handoff_settled()
         self.log.info("srp.handoff", unit=self.name, generation=relay.generation,
                       outcome=result.value)
         if not handoff.failed:
@@ -311,31 +330,47 @@ class SrpUnit:
     def _persist_path(self, directory: str) -> str:
         return os.path.join(directory, f"{self.name}.srp")
 
+    def persist_soon(self, directory: str) -> None:
+        """Persist the latest checkpoint in a thread; one write at a time, the newest wins.
+
+        Writing 4 x 256 MiB on the loop stalled it for over a second. The thread
+        reads dups of the memfds, so a newer checkpoint may replace (and close)
+        this one meanwhile.
+        """
+        if self._persisting:
+            self._persist_again = directory
+            return
+        ck = self.latest
+        if ck is None:
+            return
+        kinds = _split(ck.fields.get("FDKINDS", ""))
+        blobs = [os.dup(fd) for fd, k in zip(ck.fds, kinds, strict=False) if k != "conn"]
+        self._persisting = True
+        self.host.background(self._persist_in_thread(directory, dict(ck.fields), blobs,
+                                                     ck.generation))
+
+    async def _persist_in_thread(self, directory: str, fields: dict[str, str],
+                                 blobs: list[int], generation: int) -> None:
+        try:
+            await asyncio.to_thread(_write_checkpoint, self._persist_path(directory),
+                                    fields, blobs, generation)
+        except OSError as exc:
+            self.log.warning("srp.persist-failed", unit=self.name, error=str(exc))
+        finally:
+            close_fds(blobs)
+            self._persisting = False
+        again, self._persist_again = self._persist_again, None
+        if again is not None:
+            self.persist_soon(again)
+
     def persist(self, directory: str) -> None:
-        """Write the latest checkpoint atomically: temp file, fsync, rename."""
+        """Write the latest checkpoint now, on the caller's thread."""
         ck = self.latest
         if ck is None:
             return
         kinds = _split(ck.fields.get("FDKINDS", ""))
         blobs = [fd for fd, k in zip(ck.fds, kinds, strict=False) if k != "conn"]
-        path = self._persist_path(directory)
-        os.makedirs(directory, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        header = {"fields": ck.fields, "sizes": [os.fstat(fd).st_size for fd in blobs],
-                  "generation": ck.generation}
-        with open(tmp, "wb") as f:
-            f.write(json.dumps(header).encode() + b"\n")
-            for fd in blobs:
-                offset, size = 0, os.fstat(fd).st_size
-                while offset < size:
-                    chunk = os.pread(fd, min(1 << 20, size - offset), offset)
-                    if not chunk:
-                        break
-                    f.write(chunk)
-                    offset += len(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
+        _write_checkpoint(self._persist_path(directory), ck.fields, blobs, ck.generation)
 
     def load_persisted(self) -> None:
         """At manager start: the persisted checkpoint back into sealed memfds."""
@@ -367,6 +402,28 @@ class SrpUnit:
         fields["FDKINDS"] = ":".join(k for _, k in kept)
         self.latest = Checkpoint(fields, fds, int(header.get("generation", 0)))
         self.log.info("srp.restored-from-disk", unit=self.name, size=sum(sizes), path=path)
+
+
+def _write_checkpoint(path: str, fields: dict[str, str], blobs: list[int],
+                      generation: int) -> None:
+    """Write a checkpoint atomically: temp file, fsync, rename (the blobs are only read)."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    header = {"fields": fields, "sizes": [os.fstat(fd).st_size for fd in blobs],
+              "generation": generation}
+    with open(tmp, "wb") as f:
+        f.write(json.dumps(header).encode() + b"\n")
+        for fd in blobs:
+            offset, size = 0, os.fstat(fd).st_size
+            while offset < size:
+                chunk = os.pread(fd, min(1 << 20, size - offset), offset)
+                if not chunk:
+                    break
+                f.write(chunk)
+                offset += len(chunk)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
 
 
 def _split(text: str) -> list[str]:

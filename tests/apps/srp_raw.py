@@ -10,6 +10,10 @@ On ``CHECKPOINT`` it answers according to ``SRP_RAW_MODE``:
 then behaves like an SDK app: prints ``srp_raw gen=G quiesced`` and stops
 "working". On ``RESUME`` it answers ``LOADED=1`` and prints ``resumed``. The
 state is ``{"counter": 41, "gens": [G]}``.
+
+It sends READY=1 first. ``SRP_RAW_HELLO=1`` then sends ``HELLO WANT_STATE=1``
+(``SRP_RAW_HELLO=<n>`` sends it n times), and on ``STATE=1`` it answers as
+``SRP_RAW_LOADED`` says: ``1``, ``0`` or ``never``. Unset: no HELLO at all.
 """
 
 import array
@@ -63,6 +67,8 @@ def main():
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
     say("ready")
+    for _ in range(int(os.environ.get("SRP_RAW_HELLO", "0"))):
+        sock.send(b"HELLO=1\nVERSION=1\nWANT_STATE=1\n")
     while True:
         data, fds, _flags, _ = socket.recv_fds(sock, 16384, 253)
         if not data:
@@ -73,6 +79,12 @@ def main():
         fields = parse(data)
         if "CHECKPOINT" in fields:
             answer(sock, fields.get("SEQ"))
+        elif fields.get("STATE") == "1":
+            say(f"got state fds={len(fds)}")
+            loaded = os.environ.get("SRP_RAW_LOADED", "1")
+            if loaded != "never":
+                sock.send(f"LOADED={loaded}\nSEQ={fields.get('SEQ')}\nERROR=test\n".encode())
+                say(f"loaded={loaded}")
         elif "RESUME" in fields:
             sock.send(f"LOADED=1\nSEQ={fields.get('SEQ')}\n".encode())
             say("resumed")

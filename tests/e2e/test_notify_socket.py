@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import NOTIFY_PAYLOADS as PAYLOADS
 
-from aeterna.linux.fds import close_fds
+from aeterna.linux.fds import close_fds, wait_closed
 from aeterna.linux.notify_socket import Datagram, NotifyReceiver
 from aeterna.wire.notify import (
     NOTIFY_BUFFER_MAX,
@@ -33,6 +33,8 @@ REPO = ROOT
 
 
 def fd_count() -> int:
+    """This process's open fds, once the closer thread has closed what it was given."""
+    assert wait_closed(5.0)
     return len(os.listdir("/proc/self/fd"))
 
 

@@ -34,6 +34,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from strategies import SRP_MESSAGES
 
+from aeterna.linux.fds import wait_closed
 from aeterna.model import StateHandoff
 from aeterna.relay.srp import SrpUnit
 from aeterna.wire import srp as srp_wire
@@ -470,6 +471,61 @@ def test_n_never_answers_the_checkpoint(aeterna: Any, required: bool) -> None:
         m.wait_line(r"srp_app gen=2 cold reason=checkpoint-timeout", 5)
 
 
+REQUIRED_N1 = {
+    "no-hello": {},
+    "ready-first-never-loaded": {"SRP_RAW_HELLO": "1", "SRP_RAW_LOADED": "never"},
+    "loaded-0": {"SRP_RAW_HELLO": "1", "SRP_RAW_LOADED": "0"},
+}
+
+
+@pytest.mark.parametrize("mode", sorted(REQUIRED_N1))
+def test_required_state_is_never_skipped_even_without_a_soak(aeterna: Any, mode: str) -> None:
+    """``required: true`` means no promotion without LOADED=1, with soak 0 too: N+1
+    says READY=1 first, then never asks, never answers, or answers LOADED=0."""
+    handoff = {"timeout": "1s", "required": True}
+    m = start_app(aeterna, app_unit(handoff=handoff, soak="0s"))
+    n_pid = main_pid(m)
+    edit(m, app_unit(REQUIRED_N1[mode], app="srp_raw.py", handoff=handoff, soak="0s"))
+    out = relay(m)
+    assert out["outcome"] == "rolled-back" and out["reason"] == "handoff-failed", out
+    assert main_pid(m) == n_pid
+    if mode == "no-hello":
+        assert "not-asked" in out["detail"], out
+        assert m.count(r"srp_app gen=1 quiesced") == 0  # N was never asked for its state
+    else:
+        quiesced = counter_of(m.wait_line(r"srp_app gen=1 quiesced reason=relay "
+                                          r"counter=(\d+)", 5))
+        resumed = counter_of(m.wait_line(r"srp_app gen=1 resumed counter=(\d+) gens=\[1\]", 10))
+        assert resumed >= quiesced  # N took its own state back, nothing lost
+    m.wait_status("u", lambda s: s.get("main_pid") == n_pid and s["state"] == "active")
+
+
+def test_required_state_waits_for_loaded_after_an_early_ready(aeterna: Any) -> None:
+    """READY=1 before LOADED=1 with soak 0: promoted, but only after LOADED=1."""
+    handoff = {"timeout": "5s", "required": True}
+    m = start_app(aeterna, app_unit(handoff=handoff, soak="0s"))
+    edit(m, app_unit({"SRP_RAW_HELLO": "1", "SRP_RAW_LOADED": "1"}, app="srp_raw.py",
+                     handoff=handoff, soak="0s"))
+    out = relay(m)
+    assert out["outcome"] == "promoted" and out["handoff"] == "ok", out
+    assert m.index_of(r"srp_raw gen=2 ready") < m.index_of(r"srp_raw gen=2 loaded=1")
+    assert (m.index_of(r"srp_raw gen=2 loaded=1")
+            < m.index_of(r"relay\.phase unit=u generation=2 phase=promoting"))
+
+
+def test_a_hello_flood_costs_one_checkpoint(aeterna: Any) -> None:
+    """5,000 HELLO WANT_STATE=1 from N+1: N is asked to checkpoint once."""
+    handoff = {"timeout": "5s"}
+    m = start_app(aeterna, app_unit(handoff=handoff))
+    edit(m, app_unit({"SRP_RAW_HELLO": "5000", "SRP_RAW_LOADED": "1"}, app="srp_raw.py",
+                     handoff=handoff))
+    out = relay(m)
+    assert out["outcome"] == "promoted" and out["handoff"] == "ok", out
+    assert m.count(r"srp_app gen=1 quiesced") == 1
+    assert m.count(r"srp_raw gen=2 got state") == 1
+    assert m.ctl("ping")["ok"]
+
+
 @pytest.mark.parametrize("mode,why", [
     ("unsealed", r"lacks seals SHRINK\|GROW\|WRITE\|SEAL"),
     ("no-size-seals", r"lacks seals SHRINK\|GROW"),
@@ -690,5 +746,6 @@ def test_the_manager_channel_leaks_no_fd_whatever_it_receives(
     finally:
         asyncio.set_event_loop(None)
         loop.close()
+    assert wait_closed(5.0)
     assert len(os.listdir("/proc/self/fd")) == before
 
