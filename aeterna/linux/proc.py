@@ -30,8 +30,16 @@ def reap() -> list[tuple[int, ExitInfo]]:
     return out
 
 
+def _ours(pid: int) -> bool:
+    """A pid or group no unit may make the manager signal: broadcast (0, -1, negative),
+    init (1), the manager itself or its own process group."""
+    return pid <= 1 or pid == os.getpid() or pid == os.getpgrp()
+
+
 def kill_group(pgid: int, sig: int) -> bool:
-    """Signal a process group; False if it no longer exists."""
+    """Signal a process group; False if it no longer exists (or is the manager's own)."""
+    if _ours(pgid):
+        return False
     try:
         os.killpg(pgid, sig)
         return True
@@ -42,6 +50,9 @@ def kill_group(pgid: int, sig: int) -> bool:
 
 
 def kill_pid(pid: int, sig: int) -> bool:
+    """Signal one process; False if it is gone, not ours to signal, or the manager."""
+    if _ours(pid):
+        return False
     try:
         os.kill(pid, sig)
         return True

@@ -128,9 +128,13 @@ class NotifyEndpoint:
         said = t.notified
         if msg.notifyaccess is not None:
             said.access = msg.notifyaccess
-        if msg.mainpid is not None and (root or (t.pgid is not None
-                                                 and _pgid(msg.mainpid) == t.pgid)):
-            t.set_main_pid(msg.mainpid)
+        if msg.mainpid is not None:
+            refused = self._refuse_main_pid(t, msg.mainpid, root)
+            if refused is None:
+                t.set_main_pid(msg.mainpid)
+            else:
+                self.log.warning("notify.mainpid-refused", unit=t.name, pid=msg.mainpid,
+                                 reason=refused)
         if msg.status is not None:
             said.status = msg.status
         if msg.errno is not None:
@@ -159,6 +163,31 @@ class NotifyEndpoint:
             t.dispatch(Event.WATCHDOG)
         elif msg.watchdog_ping:
             t.watchdog_ping()
+
+    def _refuse_main_pid(self, t: NotifyTarget, pid: int, root: bool) -> str | None:
+        """Why ``MAINPID=pid`` may not be believed, or None (systemd refuses the same).
+
+        The manager would otherwise watch, signal and kill that pid as the unit's:
+        itself (a watchdog SIGABRT, a stop's SIGKILL), init, a dead pid (the unit
+        stays "active" and its real crash goes unseen), another unit's process.
+        A sender not running as root may only name a process of its own group.
+        """
+        if pid <= 1 or pid == os.getpid():
+            return "the manager or init"
+        owner = self.pids.mains.get(pid)
+        if owner is not None and owner is not t and pid != t.main_pid:
+            return "another unit's main process"
+        pgid = _pgid(pid)
+        if pgid is None:
+            return "no such process"
+        if pgid == os.getpgrp():
+            return "the manager's process group"
+        group_owner = self.pids.groups.get(pgid)
+        if group_owner is not None and group_owner is not t:
+            return "another unit's process"
+        if not root and pgid != t.pgid:
+            return "not in the unit's process group (the sender is not root)"
+        return None
 
     def _store(self, t: NotifyTarget, msg: NotifyMessage, fds: list[int]) -> None:
         """FDSTORE=1: the store takes the fds (and empties ``fds``), or they are closed."""

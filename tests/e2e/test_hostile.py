@@ -1,0 +1,240 @@
+"""Attacks on a running manager, as a local stranger and a careless unit would make them.
+
+Each test is one attack from issue 10 with the outcome that must hold: the
+loop keeps answering (a control ``ping`` every 50 ms), the manager's fd count
+does not grow, and every unit is supervised as before. Real processes, real
+sockets, loopback only; every load is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, Aeterna, is_root
+
+from aeterna.api.client import request
+
+PY = sys.executable
+APPS = ROOT / "tests" / "apps"
+NOBODY = 65534
+SYSTEM_PY = "/usr/bin/python3"
+
+
+def fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def fd_table(pid: int) -> dict[str, str]:
+    out = {}
+    for n in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            out[n] = os.readlink(f"/proc/{pid}/fd/{n}")
+        except OSError:
+            pass
+    return out
+
+
+def wait_fds(pid: int, want: int, timeout: float = 5.0) -> int:
+    """The manager's fd count once it is back to ``want`` (or whatever it is at the end)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        n = fd_count(pid)
+        if n <= want or time.monotonic() > deadline:
+            return n
+        time.sleep(0.02)
+
+
+class Pinger:
+    """A control ``ping`` every 50 ms from a thread; the longest round trip is the stall."""
+
+    def __init__(self, control: str):
+        self.control = control
+        self.times: list[float] = []
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                reply = request(self.control, "ping", timeout=30)
+                if not reply.get("ok"):
+                    self.failures.append(str(reply))
+            except OSError as exc:
+                self.failures.append(repr(exc))
+            self.times.append(time.monotonic() - t0)
+            self._stop.wait(0.05)
+
+    def __enter__(self) -> Pinger:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(35)
+
+    @property
+    def worst(self) -> float:
+        return max(self.times)
+
+
+def mute_listener() -> socket.socket:
+    """A loopback listener that accepts nothing: its peers' data stays unsent."""
+    srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+    return srv
+
+
+def manager_pid(m: Aeterna) -> int:
+    return m.proc.pid
+
+
+def notify_path(m: Aeterna) -> str:
+    return str(Path(m.control).parent / f"notify-{manager_pid(m)}.sock")
+
+
+def sleeper_unit(name: str = "w", **extra: Any) -> str:
+    svc = {"name": name, "command": [PY, "-c", "import time; time.sleep(3600)"], **extra}
+    return json.dumps({"service": svc})
+
+
+# ------------------------------------------------------------------ 1. lingering fds
+
+def _linger_from_nobody(m: Aeterna, port: int, seconds: int) -> None:
+    """A process running as ``nobody`` sends the socket through a datagram socket the test
+    connected for it (the test's tmp dir is not reachable for nobody; the credentials the
+    manager sees are the sender's at send time, so it is still nobody's datagram)."""
+    out = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    out.connect(notify_path(m))
+    os.set_inheritable(out.fileno(), True)
+    try:
+        # Debian's python3 and the script's text: nobody may not reach the venv or the tree.
+        script = (APPS / "linger_sender.py").read_text()
+        proc = subprocess.run([SYSTEM_PY, "-c", script, str(port), str(seconds),
+                               str(out.fileno())], user=NOBODY, group=NOBODY,
+                              pass_fds=(out.fileno(),), capture_output=True, text=True,
+                              timeout=30)
+    finally:
+        out.close()
+    assert proc.returncode == 0 and "linger sent" in proc.stdout, proc
+
+
+@pytest.mark.skipif(not is_root() or not os.path.exists(SYSTEM_PY),
+                    reason="needs root and /usr/bin/python3 to run a sender as nobody")
+def test_a_lingering_socket_from_a_stranger_costs_the_loop_nothing(aeterna: Any) -> None:
+    m: Aeterna = aeterna({"w.yaml": sleeper_unit()})
+    m.wait_ready()
+    m.wait_status("w", lambda s: s["state"] == "active")
+    assert m.ctl("ping")["ok"]
+    srv = mute_listener()
+    pid = manager_pid(m)
+    before = fd_table(pid)
+    with Pinger(m.control) as pinger:
+        time.sleep(0.3)  # a baseline of pings first
+        _linger_from_nobody(m, srv.getsockname()[1], 30)
+        m.wait_line(r"notify\.dropped reason=unknown_sender .*fds=1")
+        time.sleep(1.0)  # pings while the manager has (and closes) the fd
+    srv.close()
+    assert not pinger.failures, pinger.failures
+    assert pinger.worst < 0.020, f"longest ping {pinger.worst * 1000:.1f} ms"
+    assert wait_fds(pid, len(before)) <= len(before), set(fd_table(pid).items()) - set(
+        before.items())
+
+
+def test_a_lingering_socket_from_the_unit_itself_costs_the_loop_nothing(
+        aeterna: Any, tmp_path: Path) -> None:
+    srv = mute_listener()
+    port = srv.getsockname()[1]
+    gate = tmp_path / "go"
+    unit = {"name": "l", "type": "simple", "notify_access": "all",
+            "env": [f"LINGER_WAITFILE={gate}"],
+            "command": [PY, str(APPS / "linger_sender.py"), str(port), "30", "forever"]}
+    m: Aeterna = aeterna({"l.yaml": json.dumps({"service": unit})})
+    m.wait_ready()
+    m.wait_status("l", lambda s: s["state"] == "active")
+    assert m.ctl("ping")["ok"]
+    pid = manager_pid(m)
+    before = fd_table(pid)
+    with Pinger(m.control) as pinger:
+        time.sleep(0.3)
+        gate.touch()
+        m.wait_line(r"^l\[\d+\]: linger sent")
+        m.wait_status("l", lambda s: s.get("status_text") == "linger")
+        time.sleep(1.0)
+    srv.close()
+    assert not pinger.failures, pinger.failures
+    assert pinger.worst < 0.020, f"longest ping {pinger.worst * 1000:.1f} ms"
+    assert wait_fds(pid, len(before)) <= len(before), set(fd_table(pid).items()) - set(
+        before.items())
+    assert m.status("l")["state"] == "active"
+
+
+# ------------------------------------------------------------------ 3. MAINPID=
+
+MAINPID_APP = r"""
+import os, socket, subprocess, sys, time
+target = sys.argv[1]
+if target == "manager":
+    pid = os.getppid()
+elif target == "init":
+    pid = 1
+elif target == "dead":
+    p = subprocess.Popen(["true"]); p.wait(); pid = p.pid
+else:  # a file another unit wrote its pid to
+    deadline = time.monotonic() + 10
+    while not os.path.exists(target) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    pid = int(open(target).read())
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.connect(os.environ["NOTIFY_SOCKET"])
+s.send(f"READY=1\nMAINPID={pid}".encode())
+print(f"sent MAINPID={pid}", flush=True)
+while True:
+    s.send(b"WATCHDOG=1")
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.parametrize("target", ["manager", "init", "dead", "other"])
+def test_a_main_pid_that_is_not_the_unit_s_is_refused(aeterna: Any, tmp_path: Path,
+                                                     target: str) -> None:
+    pidfile = tmp_path / "other.pid"
+    units = {
+        "other.yaml": json.dumps({"service": {
+            "name": "other", "command": ["sh", "-c", f"echo $$ > {pidfile}; exec sleep 3600"]}}),
+        "u.yaml": json.dumps({"service": {
+            "name": "u", "type": "notify", "kill_mode": "process", "watchdog_sec": "1s",
+            "restart": "always", "restart_sec": "100ms",
+            "command": [PY, "-c", MAINPID_APP, str(pidfile) if target == "other" else target]}}),
+    }
+    m: Aeterna = aeterna(units)
+    m.wait_ready()
+    st = m.wait_status("u", lambda s: s["state"] == "active")
+    real = st["main_pid"]
+    m.wait_line(r"notify\.mainpid-refused unit=u pid=\d+ reason=")
+    other_pid = m.wait_status("other", lambda s: s["state"] == "active")["main_pid"]
+    # The watchdog and a stop would act on the refused pid: the manager survives both.
+    time.sleep(1.5)
+    assert m.status("u")["main_pid"] == real
+    assert m.ctl("ping")["ok"]
+    # The real main process is still the one supervised: its death is seen and restarted.
+    os.kill(real, 9)
+    st = m.wait_status("u", lambda s: s["state"] == "active" and s["main_pid"] not in
+                       (None, real), timeout=15)
+    assert st["restarts"] >= 1
+    reply = m.ctl("stop", "u")
+    assert reply["ok"], reply
+    assert m.ctl("ping")["ok"]
+    assert m.status("other")["main_pid"] == other_pid  # nobody else was signalled
