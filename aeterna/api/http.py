@@ -26,15 +26,17 @@ from ..linux.sockets import SocketError, bind_listener
 from ..model import ListenSpec
 from ..results import Result
 from ..unit.states import UP_STATES, State
+from .limits import WaitingLimit
 from .metrics import CONTENT_TYPE, render
 from .usage import UsageCache
 from .view import ManagerView
 
 MAX_HEAD = 8192  # bytes of request line and headers
-READ_TIMEOUT = 5.0  # s for a client to send its request
-# Connections served at once; more are closed at once. Idle clients must not be
-# able to use up the manager's fds, which it needs to start processes.
-MAX_CLIENTS = 32
+READ_TIMEOUT = 5.0  # s for a client to send its whole request head
+# Connections still sending their request head; a new one beyond this evicts the
+# oldest (see .limits): idle clients can neither use up the manager's fds nor
+# keep a probe out.
+MAX_WAITING = 256
 
 
 def readiness(m: ManagerView) -> tuple[bool, str]:
@@ -58,7 +60,7 @@ class MetricsServer:
         self.address = address
         self.server: asyncio.AbstractServer | None = None
         self.bound = ""
-        self.clients = 0
+        self.waiting = WaitingLimit(MAX_WAITING)
 
     async def start(self) -> None:
         """Bind and serve; raises SocketError naming the address and the errno."""
@@ -80,22 +82,23 @@ class MetricsServer:
             self.server = None
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self.clients >= MAX_CLIENTS:
-            writer.transport.abort()
-            return
-        self.clients += 1
-        try:
-            await self._serve(reader, writer)
-        finally:
-            self.clients -= 1
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.waiting.admit(writer)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), READ_TIMEOUT)
-            status, ctype, body, allow_body = await self._answer(head)
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError,
                 ConnectionError):
+            head = None
+        finally:
+            self.waiting.served(writer)
+        if writer.transport.is_closing():  # evicted, or the client went away
+            return
+        await self._serve(head, writer)
+
+    async def _serve(self, head: bytes | None, writer: asyncio.StreamWriter) -> None:
+        if head is None:
             status, ctype, body, allow_body = "400 Bad Request", "text/plain", "bad request\n", 1
+        else:
+            status, ctype, body, allow_body = await self._answer(head)
         data = body.encode()
         headers = (f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
                    f"Content-Length: {len(data)}\r\nConnection: close\r\n")

@@ -19,6 +19,7 @@ from typing import Any
 
 from ..unit.states import DOWN_STATES, UP_STATES, State
 from ..wire.control import ControlError, parse_request, reply_error, reply_ok
+from .limits import WaitingLimit
 from .usage import UsageCache
 from .view import ManagerView, UnitView
 
@@ -27,6 +28,13 @@ def peer_uid(sock: socket.socket) -> int:
     creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
     return int(uid)
+
+
+# Connections that have not sent their request line yet; a new one beyond this
+# evicts the oldest (see .limits), so idle clients cannot use up the fds a
+# restarting unit needs.
+MAX_WAITING = 128
+REQUEST_TIMEOUT = 10.0  # s to send the request line
 
 
 class ControlServer:
@@ -39,6 +47,7 @@ class ControlServer:
         self.server: asyncio.AbstractServer | None = None
         self.allowed = {0, os.geteuid()}
         self._clients: set[asyncio.Task[Any]] = set()
+        self.waiting = WaitingLimit(MAX_WAITING)
 
     async def start(self) -> None:
         directory = os.path.dirname(self.path)
@@ -79,9 +88,14 @@ class ControlServer:
             uid = peer_uid(writer.get_extra_info("socket"))
             # Read the request before answering even a refused peer, so that our
             # close never races its write (it would see EPIPE instead of the answer).
+            self.waiting.admit(writer)
             try:
-                line = await asyncio.wait_for(reader.readline(), 10.0)
+                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT)
             except (TimeoutError, ValueError):
+                return
+            finally:
+                self.waiting.served(writer)
+            if writer.transport.is_closing():
                 return
             try:
                 if uid not in self.allowed:

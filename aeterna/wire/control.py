@@ -42,13 +42,25 @@ def parse_request(line: bytes) -> dict[str, Any]:
 
     try:
         request = json.loads(line[:MAX_REQUEST])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         request = None
     if not isinstance(request, dict):
         raise ControlError("bad-request", "expected one JSON object per line")
     if request.get("v") != PROTOCOL_VERSION:
         raise ControlError("version", f"protocol version {PROTOCOL_VERSION} expected")
+    for key, types, what in _FIELDS:
+        if key in request and not isinstance(request[key], types):
+            raise ControlError("bad-request", f"{key!r}: expected {what}, "
+                               f"got {type(request[key]).__name__}")
     return request
+
+
+# The request keys the server reads, with what each must be.
+_FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
+    ("verb", (str,), "a string"),
+    ("unit", (str, type(None)), "a unit name or null"),
+    ("no_block", (bool,), "true or false"),
+)
 
 
 def reply_ok(result: Any) -> bytes:
