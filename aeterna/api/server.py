@@ -63,7 +63,6 @@ class ControlServer:
             self.server = await asyncio.start_unix_server(self._serve, path=self.path)
         finally:
             os.umask(old)
-        os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
         if self.server is not None:

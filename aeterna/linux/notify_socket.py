@@ -23,6 +23,7 @@ from ..wire.notify import (
     validate,
 )
 from .fds import discard_fds
+from .sockets import set_socket_node
 
 _UCRED = struct.Struct("iII")  # struct ucred: pid_t pid, uid_t uid, gid_t gid
 _RECV_BUFSIZE = NOTIFY_BUFFER_MAX + 1  # one spare byte, so 4097 bytes is "too large", not cut
@@ -85,11 +86,12 @@ class NotifyReceiver:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RCVBUF_WANTED)
             self._sock.setblocking(False)
             _remove_stale_socket(path)
+            # Children may run as other users; connect() needs write permission on the
+            # node. The node is made with the socket inode's mode less the umask, and
+            # widened through a pinned fd, never by path (see set_socket_node).
+            os.fchmod(self._sock.fileno(), 0o777)
             self._sock.bind(path)
-            st = os.stat(path)
-            self._node = (st.st_dev, st.st_ino)
-            # Children may run as other users; connect() needs write permission on the node.
-            os.chmod(path, 0o777)
+            self._node = set_socket_node(path, 0o777, path)
         except BaseException:
             self._sock.close()
             raise

@@ -27,7 +27,7 @@ import os
 import pwd
 import socket
 import stat
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ..model import ListenSpec, SocketType
 from ..wire.address import Address, format_sockaddr, is_number, parse_address
@@ -182,6 +182,8 @@ def _bind_socket(spec: ListenSpec, address: Address) -> Listener:
             step = "if_nametoindex"
             sockaddr = (*address.sockaddr[:3], socket.if_nametoindex(address.scope))
         if path is not None:
+            step = "path"
+            _refuse_foreign_symlinks(path, where)
             step = "mkdir"
             _make_parents(path)
             step = "unlink"
@@ -194,12 +196,8 @@ def _bind_socket(spec: ListenSpec, address: Address) -> Listener:
         step = "bind"
         sock.bind(sockaddr)
         if path is not None:
-            st = os.lstat(path)
-            node = (st.st_dev, st.st_ino)
             step = "chmod"
-            os.chmod(path, spec.mode & 0o7777)
-            step = "chown"
-            _chown(path, spec, where)
+            node = _set_node(path, spec, where)
         if spec.type is not SocketType.DATAGRAM:
             step = "listen"
             # The kernel silently truncates to net.core.somaxconn; capping
@@ -327,6 +325,70 @@ def _unlink_if_node(path: str, node: tuple[int, int] | None) -> None:
         pass
 
 
+def _set_node(path: str, spec: ListenSpec, where: str) -> tuple[int, int]:
+    return set_socket_node(path, spec.mode & 0o7777, where,
+                           lambda pinned: _chown(pinned, spec, where))
+
+
+def set_socket_node(path: str, mode: int, where: str,
+                    chown: Callable[[str], None] | None = None) -> tuple[int, int]:
+    """chmod (and chown) the socket node bind() just made, without following a symlink;
+    returns the node's (st_dev, st_ino).
+
+    Whoever may write the node's directory can swap the node for a symlink
+    between bind() and a chmod by path, and have the manager (root) chmod any
+    file. So the node is pinned first with ``O_PATH | O_NOFOLLOW`` (a symlink
+    put there is opened as itself, and refused), and changed through
+    ``/proc/self/fd``, which names that inode and nothing else.
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise SocketError(where, _errno.EEXIST, "chmod: the socket node was replaced "
+                              "by something else after bind; refused")
+        node = (st.st_dev, st.st_ino)
+        pinned = f"/proc/self/fd/{fd}"
+        if not os.path.exists(pinned):  # no /proc: the fchmod before bind() must do
+            return node
+        try:
+            os.chmod(pinned, mode)
+            if chown is not None:
+                chown(pinned)
+        except BaseException:
+            _unlink_if_node(path, node)
+            raise
+        return node
+    finally:
+        os.close(fd)
+
+
+def _refuse_foreign_symlinks(path: str, where: str) -> None:
+    """Refuse a path through a symlink owned by another user who is not root.
+
+    The rule of ``fs.protected_symlinks``, for every directory of the path, not
+    only sticky ones: otherwise that user chooses where the manager binds,
+    creates directories and chmods.
+    """
+    mine = (0, os.geteuid())
+    parts = os.path.abspath(path).split("/")[1:]
+    here = ""
+    for part in parts:
+        here = f"{here}/{part}"
+        try:
+            st = os.lstat(here)
+        except FileNotFoundError:
+            return  # the rest is created by us
+        except OSError:
+            return  # bind() reports what is wrong with the path
+        if stat.S_ISLNK(st.st_mode):
+            if st.st_uid not in mine:
+                raise SocketError(where, _errno.EPERM, f"refusing to follow the symlink "
+                                  f"{here} owned by uid {st.st_uid} (not root, not the "
+                                  "manager's user)")
+            here = os.path.realpath(here)
+
+
 def _chown(target: str | int, spec: ListenSpec, where: str) -> None:
     """chown to ``spec.user``/``spec.group`` (names or numeric ids). The group
     defaults to the user's primary group, as systemd's SocketGroup= does."""
@@ -348,6 +410,8 @@ def _chown(target: str | int, spec: ListenSpec, where: str) -> None:
         return
     if isinstance(target, int):
         os.fchown(target, uid, gid)
+    elif target.startswith("/proc/self/fd/"):
+        os.chown(target, uid, gid)  # the pinned inode itself (see _set_node)
     else:
         os.chown(target, uid, gid, follow_symlinks=False)
 

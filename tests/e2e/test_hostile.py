@@ -338,3 +338,83 @@ def test_a_malformed_control_request_gets_an_answer(aeterna: Any, line: bytes) -
     assert reply["ok"] is False and reply["code"] == "bad-request", reply
     assert "Traceback" not in m.output()
     assert m.ctl("ping")["ok"]
+
+
+# ------------------------------------------------------------------ 5. symlink races
+
+SWAPPER = r"""
+import os, sys, time
+d, target, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+node, link = os.path.join(d, "s.sock"), os.path.join(d, "link")
+deadline = time.monotonic() + seconds
+swaps = 0
+while time.monotonic() < deadline:
+    try:
+        os.symlink(target, link)
+    except FileExistsError:
+        pass
+    try:
+        os.rename(link, node)   # over the socket node, atomically, if there is one
+        swaps += 1
+        os.unlink(node)         # and make room for the next bind
+    except OSError:
+        pass
+print(f"swaps={swaps}", flush=True)
+"""
+
+
+@pytest.mark.skipif(not is_root() or not os.path.exists(SYSTEM_PY),
+                    reason="needs root and /usr/bin/python3 to race as nobody")
+def test_a_symlink_swapped_in_after_bind_is_never_chmodded(tmp_path: Path) -> None:
+    """20 s of binds with mode 0666 in a directory that ``nobody`` owns, while nobody
+    renames a symlink to a root-only file over the node: no chmod lands outside."""
+    import tempfile
+
+    from aeterna.linux.sockets import SocketError, bind_listener
+    from aeterna.model import ListenSpec
+
+    d = tempfile.mkdtemp(prefix="aeterna-race-", dir="/tmp")
+    secret = tmp_path / "secret"
+    secret.write_text("root only\n")
+    secret.chmod(0o600)
+    try:
+        os.chown(d, NOBODY, NOBODY)
+        os.chmod(d, 0o755)
+        swapper = subprocess.Popen([SYSTEM_PY, "-c", SWAPPER, d, str(secret), "20"],
+                                   user=NOBODY, group=NOBODY, stdout=subprocess.PIPE,
+                                   text=True)
+        spec = ListenSpec(address=os.path.join(d, "s.sock"), name="s", mode=0o666)
+        bound = refused = 0
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                bind_listener(spec).close()
+                bound += 1
+            except SocketError:
+                refused += 1
+            assert secret.stat().st_mode & 0o777 == 0o600
+        out, _ = swapper.communicate(timeout=30)
+    finally:
+        subprocess.run(["rm", "-rf", d], check=False)
+    print(f"binds={bound} refused={refused} {out.strip()}")
+    assert bound > 100 and int(out.split("=")[1]) > 100  # the race really ran
+    assert secret.stat().st_mode & 0o777 == 0o600
+    assert secret.stat().st_uid == 0
+
+
+@pytest.mark.skipif(not is_root(), reason="needs root to make another user's symlink")
+def test_a_socket_path_through_another_user_s_symlink_is_refused(tmp_path: Path) -> None:
+    from aeterna.linux.sockets import SocketError, bind_listener
+    from aeterna.model import ListenSpec
+
+    real = tmp_path / "real"
+    real.mkdir()
+    link = tmp_path / "via"
+    link.symlink_to(real)
+    os.chown(link, NOBODY, NOBODY, follow_symlinks=False)
+    with pytest.raises(SocketError, match=r"refusing to follow the symlink .*via owned by "
+                                          r"uid 65534"):
+        bind_listener(ListenSpec(address=str(link / "s.sock"), name="s"))
+    assert not (real / "s.sock").exists()
+    os.chown(link, 0, 0, follow_symlinks=False)  # root's own symlink is followed
+    bind_listener(ListenSpec(address=str(link / "s.sock"), name="s")).close()
