@@ -13,6 +13,13 @@ from typing import Any, TextIO
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 
+# Warnings and errors of one event name: at most BURST lines per INTERVAL
+# seconds, as journald rate-limits a service. The lines a stranger can cause
+# (notify.dropped for 100k datagrams was 6 MB in 1.5 s) are warnings; the
+# lifecycle lines that tests and users follow are info and never limited.
+BURST = 50
+INTERVAL = 5.0
+
 
 def log_level(text: str) -> str:
     """A level name, as unit files give it; ValueError names the choices."""
@@ -28,6 +35,8 @@ class Log:
         # observability.log_level of units that set one: it decides for the lines
         # about that unit (those with unit=NAME) instead of the manager's level.
         self.unit_levels: dict[str, int] = {}
+        self._windows: dict[str, list[float]] = {}  # event -> [window start, lines, dropped]
+        self.suppressed = 0  # lines dropped by the rate limit, for /metrics
 
     def set_unit_levels(self, levels: dict[str, str]) -> None:
         self.unit_levels = {name: LEVELS[lv] for name, lv in levels.items() if lv}
@@ -38,6 +47,31 @@ class Log:
             threshold = self.unit_levels.get(fields["unit"], threshold)
         if level < threshold:
             return
+        if level >= 30 and not self._admit(event):
+            return
+        self._write(event, fields)
+
+    def _admit(self, event: str) -> bool:
+        """The rate limit; a window that ends with lines dropped says how many."""
+        now = time.monotonic()
+        w = self._windows.get(event)
+        if w is None or now - w[0] >= INTERVAL:
+            if w is not None and w[2]:
+                self._write("log.suppressed", {"event": event, "lines": int(w[2]),
+                                               "seconds": round(now - w[0], 1)})
+            self._windows[event] = [now, 1, 0]
+            return True
+        if w[1] < BURST:
+            w[1] += 1
+            return True
+        w[2] += 1
+        self.suppressed += 1
+        if w[2] == 1:
+            self._write("log.rate-limited", {"event": event, "burst": BURST,
+                                             "interval": INTERVAL})
+        return False
+
+    def _write(self, event: str, fields: dict[str, Any]) -> None:
         parts = [f"aeterna: {event}"]
         for key, value in fields.items():
             if value is None:

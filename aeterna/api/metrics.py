@@ -85,6 +85,8 @@ class Snapshot:
     notify_accepted: int
     notify_rejected: dict[str, int]
     orphans_reaped: int
+    internal_errors: int = 0
+    log_suppressed: int = 0
 
 
 def snapshot(view: ManagerView) -> Snapshot:
@@ -108,7 +110,8 @@ def snapshot(view: ManagerView) -> Snapshot:
                 if (o := relays.last.get(n)) is not None]
     return Snapshot(units, dict(relays.outcomes) if relays else {},
                     dict(relays.handoffs) if relays else {}, last, view.notify.accepted,
-                    dict(view.notify.rejected), view.orphans_reaped)
+                    dict(view.notify.rejected), view.orphans_reaped, view.internal_errors,
+                    view.log.suppressed)
 
 
 async def render(view: ManagerView, usage: UsageCache) -> str:
@@ -175,6 +178,10 @@ def text(snap: Snapshot, trees: dict[int, Usage]) -> str:
                          for r in Rejection))
     f.family("aeterna_orphans_reaped_total", "counter",
              "Processes reaped that were no unit's main process.", [("", snap.orphans_reaped)])
+    f.family("aeterna_internal_errors_total", "counter", "Exceptions in the manager's own "
+             "callbacks and tasks (each place is logged once).", [("", snap.internal_errors)])
+    f.family("aeterna_log_suppressed_total", "counter", "Warning lines dropped by the log's "
+             "rate limit.", [("", snap.log_suppressed)])
     _process_families(f)
     return f.text()
 

@@ -30,6 +30,7 @@ from ..unit.runtime import UnitRuntime
 from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, State, Want
 from ..unit.watchdog import Timer
 from . import daemon_reload
+from .faults import Faults
 from .notify_endpoint import NotifyEndpoint
 from .ordering import Ordering
 from .reaper import Reaper
@@ -62,6 +63,7 @@ class Manager:
         self.paths = paths
         self.log = log
         self.runtime_dir = runtime_dir  # where the notify socket goes (beside the control one)
+        self.faults = Faults(log)
         self.surfaces: Surfaces | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pids = PidIndex()
@@ -94,6 +96,7 @@ class Manager:
     async def run(self) -> int:
         """Start every unit, serve until all have stopped, return the exit status."""
         loop = self.loop = asyncio.get_running_loop()
+        self.faults.install(loop)
         self._done = loop.create_future()
         pid1.no_inherited_fds()
         child_nofile = pid1.raise_fd_limit()
@@ -207,6 +210,10 @@ class Manager:
         if self.relays is not None:
             self.relays.check_groups()
         self._schedule()  # someone may wait for a process group to empty
+
+    @property
+    def internal_errors(self) -> int:
+        return self.faults.count
 
     @property
     def orphans_reaped(self) -> int:
@@ -450,6 +457,7 @@ class Manager:
         task = asyncio.ensure_future(coro)
         self._bg.add(task)
         task.add_done_callback(self._bg.discard)
+        task.add_done_callback(self.faults.task_done)
 
     # -------------------------------------------------------------- waiting
     def wake(self) -> None:

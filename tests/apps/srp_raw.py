@@ -12,7 +12,8 @@ then behaves like an SDK app: prints ``srp_raw gen=G quiesced`` and stops
 state is ``{"counter": 41, "gens": [G]}``.
 
 It sends READY=1 first. ``SRP_RAW_HELLO=1`` then sends ``HELLO WANT_STATE=1``
-(``SRP_RAW_HELLO=<n>`` sends it n times), and on ``STATE=1`` it answers as
+(``SRP_RAW_HELLO=<n>`` sends it n times, ``SRP_RAW_HELLO_AFTER`` seconds after
+READY=1), and on ``STATE=1`` it answers as
 ``SRP_RAW_LOADED`` says: ``1``, ``0`` or ``never``. Unset: no HELLO at all.
 """
 
@@ -23,6 +24,7 @@ import json
 import os
 import socket
 import sys
+import time
 
 GEN = int(os.environ.get("AETERNA_GENERATION", "0"))
 MODE = os.environ.get("SRP_RAW_MODE", "ok")
@@ -67,6 +69,7 @@ def main():
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.sendto(b"READY=1", os.environ["NOTIFY_SOCKET"])
     say("ready")
+    time.sleep(float(os.environ.get("SRP_RAW_HELLO_AFTER", "0")))  # READY well before HELLO
     for _ in range(int(os.environ.get("SRP_RAW_HELLO", "0"))):
         sock.send(b"HELLO=1\nVERSION=1\nWANT_STATE=1\n")
     while True:

@@ -418,3 +418,50 @@ def test_a_socket_path_through_another_user_s_symlink_is_refused(tmp_path: Path)
     assert not (real / "s.sock").exists()
     os.chown(link, 0, 0, follow_symlinks=False)  # root's own symlink is followed
     bind_listener(ListenSpec(address=str(link / "s.sock"), name="s")).close()
+
+
+# ------------------------------------------------------------------ no exception kills the loop
+
+def test_a_raising_callback_or_task_is_logged_once_and_counted() -> None:
+    import asyncio
+    import io
+
+    from aeterna.log import Log
+    from aeterna.manager.faults import Faults
+
+    out = io.StringIO()
+    faults = Faults(Log(out))
+
+    def broken() -> None:
+        raise KeyError("gone")
+
+    async def broken_task() -> None:
+        raise ValueError("bad")
+
+    async def main() -> None:
+        faults.install(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            loop.call_soon(broken)
+        task = asyncio.ensure_future(broken_task())
+        task.add_done_callback(faults.task_done)
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    text = out.getvalue()
+    assert faults.count == 4
+    assert text.count("manager.internal-error error=KeyError") == 1
+    assert text.count("manager.internal-error error=ValueError") == 1
+    assert "Traceback" not in text
+
+
+def test_a_flood_of_stranger_datagrams_is_rate_limited_in_the_log(aeterna: Any) -> None:
+    m: Aeterna = aeterna({"w.yaml": sleeper_unit()})
+    m.wait_ready()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(notify_path(m))
+        for _ in range(20_000):
+            s.send(b"READY=1")
+    m.wait_line(r"log\.rate-limited event=notify\.dropped burst=50")
+    assert m.ctl("ping")["ok"]
+    assert m.count(r"notify\.dropped") <= 50 + 50  # a window or two, not 20,000 lines

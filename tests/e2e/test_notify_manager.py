@@ -371,13 +371,13 @@ def test_hostile_datagram_flood_leaks_no_fd(aeterna: Any, tmp_path: Path) -> Non
     after = _settled_fd_count(pid, want=before)
     assert after == before, (before, after)
     assert time.monotonic() - t0 < 30
-    # Every datagram was read and dropped (barriers silently acknowledged).
-    deadline = time.monotonic() + 10
-    while m.count(r"notify\.dropped") < sent - silent and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert m.count(r"notify\.dropped") == sent - silent
-    assert m.count(r"notify\.dropped reason=unknown_sender") > 1000
-    assert m.count(r"notify\.dropped reason=truncated") > 500
+    # Every datagram was read and dropped (barriers silently acknowledged); the log
+    # says so in a few lines and the rest are counted.
+    rejected = m.ctl("status")["result"]["manager"]["notify"]["rejected"]
+    assert sum(rejected.values()) == sent - silent, rejected
+    assert rejected["unknown_sender"] > 1000 and rejected["truncated"] > 500, rejected
+    assert m.count(r"notify\.dropped") <= 2 * 50
+    m.wait_line(r"log\.rate-limited event=notify\.dropped")
     # still responsive, and the unit untouched by the flood
     st = m.status("t")
     assert st["state"] == "active" and st["generation"] == 1 and st["result"] == "success"

@@ -504,13 +504,17 @@ def test_required_state_waits_for_loaded_after_an_early_ready(aeterna: Any) -> N
     """READY=1 before LOADED=1 with soak 0: promoted, but only after LOADED=1."""
     handoff = {"timeout": "5s", "required": True}
     m = start_app(aeterna, app_unit(handoff=handoff, soak="0s"))
-    edit(m, app_unit({"SRP_RAW_HELLO": "1", "SRP_RAW_LOADED": "1"}, app="srp_raw.py",
-                     handoff=handoff, soak="0s"))
+    edit(m, app_unit({"SRP_RAW_HELLO": "1", "SRP_RAW_LOADED": "1",
+                      "SRP_RAW_HELLO_AFTER": "0.3"}, app="srp_raw.py", handoff=handoff,
+                     soak="0s"))
     out = relay(m)
     assert out["outcome"] == "promoted" and out["handoff"] == "ok", out
-    assert m.index_of(r"srp_raw gen=2 ready") < m.index_of(r"srp_raw gen=2 loaded=1")
-    assert (m.index_of(r"srp_raw gen=2 loaded=1")
-            < m.index_of(r"relay\.phase unit=u generation=2 phase=promoting"))
+    # The manager's own lines, in the order it acted: ready (soak 0 ends at once),
+    # then the handoff, and only then the promotion.
+    soaking = m.index_of(r"relay\.phase unit=u generation=2 phase=soaking")
+    loaded = m.index_of(r"srp\.handoff unit=u generation=2 outcome=ok")
+    promoting = m.index_of(r"relay\.phase unit=u generation=2 phase=promoting")
+    assert soaking < loaded < promoting
 
 
 def test_a_hello_flood_costs_one_checkpoint(aeterna: Any) -> None:
