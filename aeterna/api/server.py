@@ -192,13 +192,13 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
     m = srv.view
     no_block = bool(req.get("no_block"))
     if unit is None:
-        result, futures = m.reload()
+        result, futures = m.reload(new=await m.read_units())
         if no_block or not futures:
             return result
         outcomes = [(await f).as_dict() for f in futures]
         return {**result, "outcomes": outcomes,
                 "ok": all(o["outcome"] == "promoted" for o in outcomes)}
-    action, new, error = m.reload_unit(unit)
+    action, new, error = m.reload_unit(unit, await m.read_units())
     u = m.units[unit]
     if action == "invalid" or new is None:
         raise ControlError("invalid", error + "\nthe running configuration is kept")

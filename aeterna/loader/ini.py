@@ -35,6 +35,7 @@ COMMENTS = "#;"
 UNIT_SUFFIXES = ("service", "socket", "target", "timer", "mount", "automount", "path",
                  "slice", "scope", "device", "swap")
 _NAME_CHARS = re.compile(r"[A-Za-z0-9:_.\\-]+")
+_MAX_FILE = 1 << 20  # as loader.MAX_UNIT_FILE (systemd's LONG_LINE_MAX)
 
 
 @dataclass(frozen=True)
@@ -153,8 +154,8 @@ class UnitName:
         if not dot or suffix not in UNIT_SUFFIXES or not stem or len(name) > 255:
             raise ValueError(f"expected a unit name like web.service, found {show(name)}")
         prefix, at, instance = stem.partition("@")
-        if not _NAME_CHARS.fullmatch(prefix) or (at and instance and
-                                                 not _NAME_CHARS.fullmatch(instance)):
+        if not _NAME_CHARS.fullmatch(prefix) or prefix[0] in ".-" or (
+                at and instance and not _NAME_CHARS.fullmatch(instance)):
             raise ValueError(f"expected a unit name of letters, digits and :_.\\-@, "
                              f"found {show(name)}")
         return cls(name, prefix, instance if at else None, suffix)
@@ -397,12 +398,15 @@ def _read_text(path: str) -> str | None:
         if os.path.realpath(path) == os.devnull:
             return None
         with open(path, "rb") as f:
-            data = f.read()
+            data = f.read(_MAX_FILE + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise UnitError(path, 0, "", f"cannot read unit file: {reason}") from None
     if not data:
         return None
+    if len(data) > _MAX_FILE:
+        raise UnitError(path, 0, "", "expected a unit file of at most 1 MiB, found a larger "
+                        "file")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -43,7 +43,9 @@ E = TypeVar("E", bound="Any")
 
 _NULL = "tag:yaml.org,2002:null"
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_UNIT_NAME = re.compile(r"[A-Za-z0-9_.@:\-]+")
+# systemd's characters; the first one is a letter, digit or "_", so that "..", "."
+# "-rf" and ":" are not names (they would be paths and options elsewhere).
+_UNIT_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.@:\-]{0,254}")
 
 
 class _Doc:
@@ -248,7 +250,8 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
     name_node = m["name"][1]
     name = doc.text(name_node, "service.name", empty=False)
     if not _UNIT_NAME.fullmatch(name):
-        raise doc.error(name_node, "service.name", "letters, digits and _.@:-")
+        raise doc.error(name_node, "service.name", "a unit name: letters, digits and _.@:-, "
+                        "starting with a letter, digit or _, at most 255 characters")
     kw: dict[str, Any] = {"name": name, "command": doc.argv(m["command"][1], "service.command")}
     simple: dict[str, Callable[[yaml.Node, str], Any]] = {
         "type": lambda n, q: doc.choice(n, q, ServiceType),

@@ -242,7 +242,10 @@ class Manager:
 
     def _on_sighup(self) -> None:
         self.log.info("manager.signal", signal="SIGHUP", action="reload")
-        self.reload()
+        self.background(self._reload_read_off_loop())
+
+    async def _reload_read_off_loop(self) -> None:
+        self.reload(new=await self.read_units())
 
     # ------------------------------------------------------------- run queue
     def post(self, unit: UnitRuntime, event: Event) -> None:
@@ -337,13 +340,22 @@ class Manager:
         return self.relays.request(name, spec)
 
     # -------------------------------------------------------------- reloads
-    def reload(self, relay: bool = True) -> tuple[dict[str, Any], list[asyncio.Future[Outcome]]]:
-        """SIGHUP, ``aeterna reload``: re-read the unit files and apply them.
+    async def read_units(self) -> dict[str, UnitSpec] | list[str]:
+        """The unit files now (or their errors), parsed in a worker thread: a 10 MiB
+        file parsed on the loop stalled it for seconds."""
+        assert self.loop is not None
+        return await self.loop.run_in_executor(None, daemon_reload.read, self.paths, self.log)
+
+    def reload(self, relay: bool = True, new: dict[str, UnitSpec] | list[str] | None = None
+               ) -> tuple[dict[str, Any], list[asyncio.Future[Outcome]]]:
+        """SIGHUP, ``aeterna reload``: apply the unit files (``new``: as ``read_units``
+        gave them; read here if not given).
 
         Broken files change nothing: the running configuration is kept and the
         errors are reported. Returns (what was done, the relays' outcomes to come).
         """
-        new = daemon_reload.read(self.paths, self.log)
+        if new is None:
+            new = daemon_reload.read(self.paths, self.log)
         if isinstance(new, list):
             self.log.error("reload.rejected", reason="invalid unit files",
                            kept="running configuration")
@@ -391,9 +403,11 @@ class Manager:
                 self.log.info("reload.added", unit=spec.name, action="start")
                 runtime.dispatch(Event.START)
 
-    def reload_unit(self, name: str) -> tuple[str, UnitSpec | None, str]:
+    def reload_unit(self, name: str, new: dict[str, UnitSpec] | list[str] | None = None
+                    ) -> tuple[str, UnitSpec | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error)."""
-        new = daemon_reload.read(self.paths, self.log)
+        if new is None:
+            new = daemon_reload.read(self.paths, self.log)
         if isinstance(new, list):
             return "invalid", None, "\n".join(new)
         spec = new.get(name)

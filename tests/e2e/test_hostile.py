@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Aeterna, is_root
+from conftest import AETERNA, ROOT, Aeterna, is_root
 
 from aeterna.api.client import request
 
@@ -465,3 +465,37 @@ def test_a_flood_of_stranger_datagrams_is_rate_limited_in_the_log(aeterna: Any) 
     m.wait_line(r"log\.rate-limited event=notify\.dropped burst=50")
     assert m.ctl("ping")["ok"]
     assert m.count(r"notify\.dropped") <= 50 + 50  # a window or two, not 20,000 lines
+
+
+# ------------------------------------------------------------------ unit files
+
+def test_a_huge_unit_file_on_sighup_is_refused_without_stalling_the_loop(
+        aeterna: Any) -> None:
+    m: Aeterna = aeterna({"w.yaml": sleeper_unit()})
+    m.wait_ready()
+    pid = m.wait_status("w", lambda s: s["state"] == "active")["main_pid"]
+    big = m.tmp / "units" / "big.yaml"
+    env = "".join(f"    - K{i}={'v' * 90}\n" for i in range(110_000))  # about 10 MiB
+    big.write_text("service:\n  name: big\n  command: [sleep, '1']\n  env:\n" + env)
+    with Pinger(m.control) as pinger:
+        time.sleep(0.2)
+        m.signal(1)  # SIGHUP
+        m.wait_line(r"reload\.invalid error=.*big\.yaml.*expected a unit file of at most "
+                    r"1 MiB", 20)
+        time.sleep(0.2)
+    assert not pinger.failures
+    print(f"longest ping {pinger.worst * 1000:.1f} ms of {len(pinger.times)}")
+    assert pinger.worst < 0.100, f"longest ping {pinger.worst * 1000:.1f} ms"
+    st = m.status("w")
+    assert st["state"] == "active" and st["main_pid"] == pid  # the running config is kept
+
+
+@pytest.mark.parametrize("name", ["..", ".", "-rf", ":", "a/b", "x" * 256])
+def test_names_that_are_not_unit_names_are_refused(tmp_path: Path, name: str) -> None:
+    unit = tmp_path / "u.yaml"
+    unit.write_text(f"service:\n  name: {json.dumps(name)}\n  command: [sleep, '1']\n")
+    out = subprocess.run([*AETERNA, "validate", str(unit)], capture_output=True,
+                         text=True, timeout=30, cwd=ROOT)
+    assert out.returncode == 2, out
+    assert f"{unit}:2: service.name: expected a unit name" in out.stderr + out.stdout, out
+    assert "Traceback" not in out.stderr

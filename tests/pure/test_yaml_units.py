@@ -88,7 +88,8 @@ BROKEN = [
     ("duplicate-key", "service:\n  name: a\n  name: b\n  command: [x]\n",
      "u.yaml:3: service.name: expected each key once, found it again (duplicate key)"),
     ("bad-name", 'service:\n  name: "a b"\n  command: [x]\n',
-     "u.yaml:2: service.name: expected letters, digits and _.@:-, found 'a b'"),
+     "u.yaml:2: service.name: expected a unit name: letters, digits and _.@:-, starting "
+     "with a letter, digit or _, at most 255 characters, found 'a b'"),
     ("bad-bool", BASE + "orchestration:\n  canary:\n    enabled: maybe\n",
      "u.yaml:6: orchestration.canary.enabled: expected true or false, found 'maybe'"),
     ("bad-mode", BASE + '  sockets:\n    - listen: /tmp/x.sock\n      mode: "0999"\n',
