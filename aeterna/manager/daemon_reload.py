@@ -28,10 +28,12 @@ class Diff:
                 "changed": list(self.changed)}
 
 
-def read(paths: list[str], log: Log) -> dict[str, UnitSpec] | list[str]:
-    """The unit files now, by name; or the errors, each logged."""
+def read(paths: list[str], log: Log,
+         instances: list[str] | tuple[str, ...] = ()) -> dict[str, UnitSpec] | list[str]:
+    """The unit files now (and the template instances started by name), by name;
+    or the errors, each logged."""
     try:
-        return load_paths(paths).by_name()
+        return load_paths(paths, instances).by_name()
     except UnitErrors as exc:
         for err in exc.errors:
             log.error("reload.invalid", error=str(err))

@@ -60,6 +60,7 @@ class Manager:
 
     def __init__(self, paths: list[str], loaded: LoadResult, log: Log, runtime_dir: str = ""):
         self.paths = paths
+        self.instances: list[str] = []  # template instances started by name (web@8080)
         self.log = log
         self.runtime_dir = runtime_dir  # where the notify socket goes (beside the control one)
         self.surfaces: Surfaces | None = None
@@ -336,7 +337,7 @@ class Manager:
         Broken files change nothing: the running configuration is kept and the
         errors are reported. Returns (what was done, the relays' outcomes to come).
         """
-        new = daemon_reload.read(self.paths, self.log)
+        new = daemon_reload.read(self.paths, self.log, self.instances)
         if isinstance(new, list):
             self.log.error("reload.rejected", reason="invalid unit files",
                            kept="running configuration")
@@ -384,9 +385,22 @@ class Manager:
                 self.log.info("reload.added", unit=spec.name, action="start")
                 runtime.dispatch(Event.START)
 
+    def add_instance(self, name: str) -> str:
+        """``aeterna start web@8080``: load an instance from its template and start it
+        as a new unit file would be; "" or why not (instances.py)."""
+        from . import instances
+
+        return instances.add(self, name)
+
+    def enable_instance(self, name: str) -> tuple[str, str]:
+        """``aeterna enable web@8080``: (the symlink made, or "", why not, or "")."""
+        from . import instances
+
+        return instances.enable(self, name)
+
     def reload_unit(self, name: str) -> tuple[str, UnitSpec | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error)."""
-        new = daemon_reload.read(self.paths, self.log)
+        new = daemon_reload.read(self.paths, self.log, self.instances)
         if isinstance(new, list):
             return "invalid", None, "\n".join(new)
         spec = new.get(name)
@@ -400,7 +414,7 @@ class Manager:
 
     def reread_unit(self, name: str) -> UnitSpec | None:
         """The unit's definition from the files now, or None if they do not validate."""
-        new = daemon_reload.read(self.paths, self.log)
+        new = daemon_reload.read(self.paths, self.log, self.instances)
         return None if isinstance(new, list) else new.get(name)
 
     # ------------------------------------------------------------- Host (units)
