@@ -237,13 +237,15 @@ def _write(profile: Profile, ctx: dict[str, Any], files: list[Rendered],
         print("aeterna: init: nothing written; --force overwrites, --skip-existing leaves "
               "them", file=sys.stderr)
         return EXIT_FAILED
-    verb = {"new": "wrote", "unchanged": "unchanged",
-            "conflict": "overwrote" if args.force else "skipped (exists)"}
+    verb = ({"new": "would write", "unchanged": "unchanged",
+             "conflict": "would overwrite" if args.force else "would skip (exists)"}
+            if args.dry_run else
+            {"new": "wrote", "unchanged": "unchanged",
+             "conflict": "overwrote" if args.force else "skipped (exists)"})
     for f, target in plan:
         state = states[target]
         if args.dry_run:
-            print(f"{'would ' + verb[state] if state != 'unchanged' else 'unchanged'}: "
-                  f"{target}")
+            print(f"{verb[state]}: {target}")
             continue
         if state == "new" or (state == "conflict" and args.force):
             try:
