@@ -17,19 +17,20 @@ units written are validated (exit 2 if one is not valid).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shlex
 import sys
 from dataclasses import dataclass
-from typing import Any
-
-import jinja2
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .loader.errors import UnitError, UnitErrors
 from .results import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+
+if TYPE_CHECKING:
+    import jinja2
+
+# json, shlex, yaml and jinja2 are imported by the functions that use them: the
+# CLI builds this verb's parser on every run, the manager's included.
 
 PROFILES = ("web", "agent", "worker", "socket", "container", "host", "kubernetes")
 _PROFILE_KEYS = ("description", "defaults", "main", "validate", "next")
@@ -75,6 +76,8 @@ def find_profile(name: str, roots: list[str]) -> Profile:
 
 
 def _read_profile(name: str, directory: str, meta: str) -> Profile:
+    import yaml
+
     try:
         with open(meta, encoding="utf-8") as f:
             data = yaml.safe_load(f)
@@ -98,6 +101,8 @@ def _read_profile(name: str, directory: str, meta: str) -> Profile:
 def context_for(profile: Profile, name: str | None, port: str | None, app: str | None,
                 sets: list[str], directory: str) -> dict[str, Any]:
     """The template variables: the profile's defaults, then the options."""
+    import shlex
+
     ctx = dict(profile.defaults)
     for item in sets:
         key, eq, value = item.partition("=")
@@ -132,6 +137,11 @@ def context_for(profile: Profile, name: str | None, port: str | None, app: str |
 
 
 def _environment(roots: list[str]) -> jinja2.Environment:
+    import json
+    import shlex
+
+    import jinja2
+
     from .loader.templates import scaffold_environment
 
     env = scaffold_environment()
@@ -144,6 +154,8 @@ def _environment(roots: list[str]) -> jinja2.Environment:
 
 def render_profile(profile: Profile, ctx: dict[str, Any], roots: list[str]) -> list[Rendered]:
     """Every file of the profile, rendered; UnitError naming the template on failure."""
+    import jinja2
+
     from .loader.templates import render_template
 
     env = _environment(roots)
@@ -295,8 +307,8 @@ def _validate(paths: list[str]) -> int:
 def show_rendered(paths: list[str], instance: str) -> tuple[int, list[str]]:
     """``aeterna validate web@.yaml --instance 8080``: print each template among
     ``paths`` rendered for the instance; (exit status, the instances to load)."""
-    from .loader.instances import TEMPLATE_SUFFIXES
-    from .loader.templates import check_instance, is_template_file, render_unit
+    from .loader.instances import TEMPLATE_SUFFIXES, check_instance, is_template_file
+    from .loader.templates import render_unit
 
     try:
         check_instance(instance)

@@ -14,9 +14,14 @@ from dataclasses import dataclass, field
 
 from ..model import UnitSpec
 from .errors import UnitError, UnitErrors, UnitWarning
-from .instances import find_template, load_text, split_instance, template_for_missing
+from .instances import (
+    find_template,
+    is_template_file,
+    load_text,
+    split_instance,
+    template_for_missing,
+)
 from .instances import template_hint as _template_hint
-from .templates import is_template_file
 from .yaml_units import FAST_FROM
 
 YAML_SUFFIXES = (".yaml", ".yml")

@@ -10,19 +10,45 @@ instance of it, from any of:
   start web@8080`` on a running manager, ``aeterna validate web@.yaml --instance
   8080``; the template is looked for in the directories (and files) loaded.
 
-Pure but for reading files, like the rest of the loader.
+Pure but for reading files, like the rest of the loader. jinja2 (templates.py)
+is imported by the first template rendered: a manager without templates never
+carries it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 from ..model import UnitSpec
 from .errors import UnitError
-from .templates import check_instance, instance_of, is_template_file, render_unit
 from .yaml_units import load_yaml_unit
 
 TEMPLATE_SUFFIXES = (".yaml", ".yml")
+_INSTANCE = re.compile(r"[A-Za-z0-9:_.\\-]+")
+
+
+def is_template_file(path: str) -> bool:
+    """``web@.yaml``: a template, never started by itself."""
+    stem = os.path.basename(path).rpartition(".")[0]
+    return stem.endswith("@") and stem.count("@") == 1
+
+
+def instance_of(path: str) -> tuple[str, str] | None:
+    """``web@8080.yaml`` -> ("web", "8080"); None for a plain file or a template."""
+    stem = os.path.basename(path).rpartition(".")[0]
+    prefix, at, instance = stem.partition("@")
+    if not at or not prefix or not instance:
+        return None
+    return prefix, instance
+
+
+def check_instance(instance: str) -> str:
+    """The instance part of a name, checked as systemd checks one; ValueError if not."""
+    if not _INSTANCE.fullmatch(instance) or len(instance) > 200:
+        raise ValueError(f"expected an instance of letters, digits and :_.\\-, "
+                         f"found {instance!r}")
+    return instance
 
 
 def load_text(text: str, path: str, fast: bool = False,
@@ -38,6 +64,8 @@ def load_text(text: str, path: str, fast: bool = False,
         check_instance(instance[1])
     except ValueError as exc:
         raise UnitError(path, 0, "", str(exc)) from None
+    from .templates import render_unit  # jinja2, loaded by the first template only
+
     return load_yaml_unit(render_unit(text, path, instance[1]), path, fast, instance)
 
 

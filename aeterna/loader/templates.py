@@ -37,7 +37,6 @@ from .errors import UnitError
 # be able to make the manager build a gigabyte string.
 MAX_RENDERED = 1 << 20
 
-_INSTANCE = re.compile(r"[A-Za-z0-9:_.\\-]+")
 
 
 @dataclass(frozen=True)
@@ -64,29 +63,6 @@ class HostFacts:
         except (ValueError, OSError):
             memory = 0
         return cls(hostname=socket.gethostname(), cpus=cpus, memory=memory)
-
-
-def is_template_file(path: str) -> bool:
-    """``web@.yaml``: a template, never started by itself."""
-    stem = os.path.basename(path).rpartition(".")[0]
-    return stem.endswith("@") and stem.count("@") == 1
-
-
-def instance_of(path: str) -> tuple[str, str] | None:
-    """``web@8080.yaml`` -> ("web", "8080"); None for a plain file or a template."""
-    stem = os.path.basename(path).rpartition(".")[0]
-    prefix, at, instance = stem.partition("@")
-    if not at or not prefix or not instance:
-        return None
-    return prefix, instance
-
-
-def check_instance(instance: str) -> str:
-    """The instance part of a name, checked as systemd checks one; ValueError if not."""
-    if not _INSTANCE.fullmatch(instance) or len(instance) > 200:
-        raise ValueError(f"expected an instance of letters, digits and :_.\\-, "
-                         f"found {instance!r}")
-    return instance
 
 
 class _Sandbox(SandboxedEnvironment):

@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..linux import pid1, proc
+from ..linux.notify_socket import notify_supervisor
 from ..linux.sockets import SocketError, bind_listeners, remove_listener
 from ..loader import LoadResult
 from ..log import Log
@@ -125,6 +126,9 @@ class Manager:
                 self.units[name].dispatch(Event.START)
         self._booted = True
         self._schedule()
+        # systemd's Type=notify (templates/host/aeterna.service): the manager is up.
+        notify_supervisor(f"READY=1\nSTATUS=running {len(self.units)} units\n"
+                          f"MAINPID={os.getpid()}")
         pid1.trim_memory()  # and starting them left more
         # What booting allocated lives as long as the manager: keep the cyclic
         # collector from walking it at every full collection (tens of ms of
@@ -292,6 +296,7 @@ class Manager:
     # ------------------------------------------------------------- actions
     def shutdown(self) -> None:
         """Stop every unit in reverse dependency order, then exit."""
+        notify_supervisor("STOPPING=1")
         if self.relays is not None:
             self.relays.abort_all()
         self.ordering.stop_all()

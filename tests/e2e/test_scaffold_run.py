@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,7 +26,7 @@ def init(*args: str) -> str:
     r = subprocess.run([*AETERNA, "init", *args], capture_output=True, text=True, timeout=60,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stdout + r.stderr
-    assert "\nnext: aeterna start -c " in r.stdout, r.stdout
+    assert "\nnext: " in r.stdout, r.stdout
     return r.stdout
 
 
@@ -88,3 +90,28 @@ def test_agent_worker_and_socket_scaffolds_run_and_answer(aeterna: Any,
     while not m.matching(r"socket\.\S+ .*greet"):
         assert time.monotonic() < deadline, m.output()[-3000:]
         time.sleep(0.05)
+
+
+def test_host_scaffold_manager_says_ready_and_stopping(aeterna: Any, tmp_path: Path) -> None:
+    """templates/host/aeterna.service says Type=notify: the manager tells its own
+    supervisor READY=1 once booted and STOPPING=1 on SIGTERM (systemd's protocol,
+    on a datagram socket of the test's, as systemd would give it)."""
+    port = free_port()
+    init("host", str(tmp_path / "host"), "--name", "site", "--port", str(port),
+         "--app", f"{sys.executable} {ROOT}/examples/hello/app.py", "--set", "metrics=")
+    unit = (tmp_path / "host" / "aeterna.service").read_text()
+    assert "Type=notify" in unit and "KillMode=mixed" in unit
+    path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sup:
+        sup.bind(path)
+        sup.settimeout(20)
+        m = aeterna(tmp_path / "host" / "units", env={"NOTIFY_SOCKET": path})
+        ready = sup.recv(4096).decode()
+        assert ready.startswith("READY=1\n") and f"MAINPID={m.proc.pid}" in ready, ready
+        m.wait_status("site", lambda s: s["state"] == "active", timeout=20)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert r.status == 200
+        m.signal(signal.SIGTERM)
+        assert sup.recv(4096) == b"STOPPING=1"
+        assert m.wait_exit(20) == 143  # one unit: its status, as SuccessExitStatus= says
+    assert "SuccessExitStatus=143" in unit
