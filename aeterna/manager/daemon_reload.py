@@ -32,6 +32,10 @@ def read(paths: list[str], log: Log,
          instances: list[str] | tuple[str, ...] = ()) -> dict[str, UnitSpec] | list[str]:
     """The unit files now (and the template instances started by name), by name;
     or the errors, each logged."""
+    if instances:
+        from .instances import still_templated
+
+        instances = still_templated(paths, instances)
     try:
         return load_paths(paths, instances).by_name()
     except UnitErrors as exc:

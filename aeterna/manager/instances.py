@@ -21,6 +21,13 @@ if TYPE_CHECKING:
     from .manager import Manager
 
 
+def still_templated(paths: list[str], names: list[str] | tuple[str, ...]) -> list[str]:
+    """The instances started by name whose template is still there: one whose
+    template was removed is no longer defined (it runs until stopped, as a unit
+    whose file is gone), rather than an error that would refuse every reload."""
+    return [n for n in names if find_template(paths, n.partition("@")[0]) is not None]
+
+
 def add(m: Manager, name: str) -> str:
     """Load ``name`` from its template and start it; "" or the reason it cannot."""
     if name in m.units:

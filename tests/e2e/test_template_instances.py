@@ -160,3 +160,31 @@ def test_an_installed_aeterna_init_finds_its_templates(tmp_path: Path) -> None:
     assert "valid: out/units/web.yaml: web" in r.stdout, (r.stdout, time.monotonic() - t0)
     assert sorted(p.name for p in (elsewhere / "out").iterdir()) == [
         "configmap.yaml", "deployment.yaml", "service.yaml", "units"]
+
+
+def test_reload_with_a_broken_or_removed_template(aeterna: Any, tmp_path: Path) -> None:
+    a = free_port()
+    d = units_dir(tmp_path)
+    # A manager runs until its units have stopped: one that is not the template's.
+    (d / "other.yaml").write_text("service:\n  name: other\n  command: [sleep, '60']\n")
+    m = aeterna(d)
+    m.wait_ready(15)
+    r = cli("--control", m.control, "start", f"web@{a}")
+    assert r.returncode == 0, r.stderr
+    pid = m.status(f"web@{a}")["main_pid"]
+
+    # A broken template: the reload is refused, says where, and nothing changes.
+    (d / "web@.yaml").write_text(TEMPLATE.replace("%i\"\n", "{{ oops }}\"\n", 1))
+    r = cli("--control", m.control, "reload")
+    assert r.returncode == 1
+    assert f"{d}/web@.yaml:8: template error: undefined name 'oops'" in r.stderr, r.stderr
+    assert "the running configuration is kept" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert m.status(f"web@{a}")["main_pid"] == pid and get(a).startswith(f"hello from pid {pid}")
+
+    # The template removed: its instance is no longer defined, and runs until stopped.
+    (d / "web@.yaml").unlink()
+    r = cli("--control", m.control, "reload")
+    assert r.returncode == 0, r.stderr
+    assert f"removed: web@{a} (runs until stopped)" in r.stdout
+    assert get(a).startswith(f"hello from pid {pid}")
