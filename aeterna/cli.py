@@ -106,6 +106,10 @@ def _validate(paths: list[str], instance: str | None = None) -> int:
         print(f"warning: {w}", file=sys.stderr)
     for u in result.units:
         print(f"{u.source.file}: {u.name}: ok")
+        if u.name in instances:
+            from .scaffold import describe
+
+            print(describe(u))
     return EXIT_OK
 
 

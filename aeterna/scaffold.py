@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .loader.errors import UnitError, UnitErrors
+from .model import UnitSpec
 from .results import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 if TYPE_CHECKING:
@@ -304,6 +305,17 @@ def _validate(paths: list[str]) -> int:
 
 
 # --------------------------------------------------------------------------- validate
+def describe(unit: UnitSpec) -> str:
+    """An instance's values once its specifiers (``%i``...) are expanded."""
+    import shlex
+
+    s = unit.service
+    lines = [f"  command: {shlex.join(s.command)}"]
+    lines += [f"  listen: {sock.address} ({sock.name})" for sock in s.sockets]
+    lines += [f"  env: {k}={v}" for k, v in s.env]
+    return "\n".join(lines)
+
+
 def show_rendered(paths: list[str], instance: str) -> tuple[int, list[str]]:
     """``aeterna validate web@.yaml --instance 8080``: print each template among
     ``paths`` rendered for the instance; (exit status, the instances to load)."""

@@ -116,6 +116,8 @@ def test_validate_instance_shows_the_rendered_unit(tmp_path: Path) -> None:
     assert 'description: "hello on 8080"' in r.stdout
     assert f"WORKERS={len(os.sched_getaffinity(0)) * 2}" in r.stdout
     assert f"{d}/web@.yaml: web@8080: ok" in r.stdout
+    assert "  listen: 127.0.0.1:8080 (http)" in r.stdout  # %i expanded
+    assert "  env: INSTANCE=8080" in r.stdout
     r = cli("validate", str(d / "web@.yaml"))
     assert r.returncode == 2 and "a template is not started by itself" in r.stderr
 
