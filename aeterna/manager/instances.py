@@ -34,12 +34,19 @@ def add(m: Manager, name: str) -> str:
         return ""
     if m.shutting_down:
         return "the manager is shutting down"
+    try:
+        prefix, _ = split_instance(name)
+    except ValueError as exc:
+        return str(exc)
+    if find_template(m.paths, prefix) is None:
+        return (f"expected a template {prefix}@.yaml in {', '.join(m.paths)}, found none "
+                f"(a unit file of a new unit is read by 'aeterna reload')")
     new = daemon_reload.read(m.paths, m.log, [*m.instances, name])
     if isinstance(new, list):
         return "\n".join(new)
     spec = new.get(name)
-    if spec is None:  # pragma: no cover - load_paths reports a missing template
-        return f"no template for {name}"
+    if spec is None:  # pragma: no cover - the template went between the two looks
+        return f"expected a template for {name}, found none"
     m.instances.append(name)
     m.log.info("unit.instance", unit=name, source=spec.source.file)
     m._add_units([spec])
