@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -15,10 +16,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import AETERNA, ROOT, free_port
 from loadgen import LoadGen
 
 GUNICORN = str(Path(sys.executable).parent / "gunicorn")
+AETERNA_BIN = str(Path(sys.executable).parent / "aeterna")
 APPS = ROOT / "tests" / "apps"
 
 
@@ -115,3 +118,16 @@ def test_host_scaffold_manager_says_ready_and_stopping(aeterna: Any, tmp_path: P
         assert sup.recv(4096) == b"STOPPING=1"
         assert m.wait_exit(20) == 143  # one unit: its status, as SuccessExitStatus= says
     assert "SuccessExitStatus=143" in unit
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None,
+                    reason="needs systemd-analyze (Debian: systemd)")
+def test_systemd_itself_accepts_the_host_and_socket_files(tmp_path: Path) -> None:
+    """systemd's own parser reads the files systemd would read: not one warning."""
+    init("host", str(tmp_path / "host"), "--set", f"aeterna={AETERNA_BIN}")
+    init("socket", str(tmp_path / "socket"), "--name", "greet")
+    for files in (["host/aeterna.service"], ["socket/greet.socket", "socket/greet.service"]):
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                            *[str(tmp_path / f) for f in files]],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and r.stderr == "", (files, r.stderr)

@@ -148,3 +148,16 @@ def test_a_broken_instance_names_the_file_and_line(tmp_path: Path) -> None:
         load_paths([str(d)])
     assert str(exc.value) == (f"{d}/web@1.yaml:3: template error: undefined name 'nope' "
                               "(a template knows instance, env and host)")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_any_instance_name_is_a_unit_or_one_error(instance: str) -> None:
+    text = "service:\n  command: [app, '%i', '{{ instance }}']\n"
+    try:
+        unit = load_text(text, f"u/web@{instance}.yaml")
+    except UnitError as err:
+        assert str(err).startswith("u/web@")
+        return
+    assert unit.name == f"web@{instance}"
+    assert unit.service.command[1] == instance
