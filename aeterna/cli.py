@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     sp = sub.add_parser("stop", help="stop a unit, or everything (the manager exits)")
     sp.add_argument("unit", nargs="?")
+    en = sub.add_parser("enable", help="make a template's instance (web@8080) a unit file "
+                        "of its own, a symlink to the template, and start it")
+    en.add_argument("unit")
     rs = sub.add_parser("restart", help="stop and start a unit")
     rs.add_argument("unit")
     rl = sub.add_parser("reload", help="re-read the unit files")
@@ -52,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     rl.add_argument("--no-block", action="store_true")
     v = sub.add_parser("validate", help="check unit files without running anything")
     v.add_argument("paths", nargs="+", metavar="PATH")
+    v.add_argument("--instance", metavar="NAME",
+                   help="render the templates (web@.yaml) among PATH for this instance, "
+                        "and show the rendered unit")
+    from .scaffold import add_parser as _init_parser
+
+    _init_parser(sub)
     return p
 
 
@@ -61,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
         _parser().print_help()
         return EXIT_USAGE
     if args.verb == "validate":
-        return _validate(args.paths)
+        return _validate(args.paths, args.instance)
+    if args.verb == "init":
+        from .scaffold import run as _init
+
+        return _init(args)
     if args.verb == "start" and args.unit is None:
         if not args.config:
             print("aeterna: start needs -c PATH (a unit file or a directory of them) to run "
@@ -75,9 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     return _client(args)
 
 
-def _validate(paths: list[str]) -> int:
+def _validate(paths: list[str], instance: str | None = None) -> int:
+    instances: list[str] = []
+    if instance is not None:
+        from .scaffold import show_rendered
+
+        rc, instances = show_rendered(paths, instance)
+        if rc:
+            return rc
     try:
-        result = load_paths(paths)
+        result = load_paths(paths, instances)
     except UnitErrors as exc:
         for err in exc.errors:
             print(err, file=sys.stderr)
@@ -86,6 +106,10 @@ def _validate(paths: list[str]) -> int:
         print(f"warning: {w}", file=sys.stderr)
     for u in result.units:
         print(f"{u.source.file}: {u.name}: ok")
+        if u.name in instances:
+            from .scaffold import describe
+
+            print(describe(u))
     return EXIT_OK
 
 
@@ -145,7 +169,9 @@ def _client(args: argparse.Namespace) -> int:
     if args.verb == "reload":
         return _print_reload(result)
     print(json.dumps(result))
-    if args.verb in ("start", "stop", "restart") and unit:
+    if args.verb == "enable" and result.get("created"):
+        print(f"created symlink {result['created']}", file=sys.stderr)
+    if args.verb in ("start", "stop", "restart", "enable") and unit:
         return EXIT_FAILED if result.get("state") == "failed" else EXIT_OK
     return EXIT_OK
 

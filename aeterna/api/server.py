@@ -123,7 +123,11 @@ class ControlServer:
         handler = VERBS.get(verb) if isinstance(verb, str) else None
         if handler is None:
             raise ControlError("bad-request", f"unknown verb {verb!r}")
-        if unit is not None and unit not in self.view.units:
+        if unit is not None and unit not in self.view.units and verb == "start" and "@" in unit:
+            error = self.view.add_instance(unit)  # a template's instance, by name
+            if error:
+                raise ControlError("not-found", error)
+        if unit is not None and unit not in self.view.units and verb != "enable":
             hint = (" (a new unit file is read, and started, by 'aeterna reload' without a "
                     "unit)" if verb in ("reload", "start") else "")
             raise ControlError("not-found", f"no such unit: {unit!r}{hint}")
@@ -174,6 +178,23 @@ async def start(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> An
         settled = lambda: u.state in UP_STATES or u.state in DOWN_STATES  # noqa: E731
     await m.wait_for(settled)
     return {**_settled(unit, u), "main_pid": u.main_pid}
+
+
+async def enable(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any:
+    """``enable web@8080``: the symlink to the template, then a start (instances.py).
+    A plain unit file in a ``-c`` directory is always enabled: nothing to do."""
+    if unit is None:
+        raise ControlError("bad-request", "enable needs a unit")
+    m = srv.view
+    created = ""
+    if "@" in unit:
+        created, error = m.enable_instance(unit)
+        if error:
+            raise ControlError("failed", error)
+    elif unit not in m.units:
+        raise ControlError("not-found", f"no such unit: {unit!r}")
+    result = await start(srv, unit, req)
+    return {**result, "enabled": True, "created": created}
 
 
 async def restart(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any:
@@ -237,7 +258,8 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
 
 
 VERBS: dict[str, Verb] = {"ping": ping, "status": status, "stop": stop, "start": start,
-                          "restart": restart, "reload": reload}
+                          "restart": restart, "reload": reload,
+                          "enable": enable}
 
 
 def _always() -> bool:

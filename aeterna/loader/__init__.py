@@ -14,7 +14,15 @@ from dataclasses import dataclass, field
 
 from ..model import UnitSpec
 from .errors import UnitError, UnitErrors, UnitWarning
-from .yaml_units import FAST_FROM, load_yaml_unit
+from .instances import (
+    find_template,
+    is_template_file,
+    load_text,
+    split_instance,
+    template_for_missing,
+)
+from .instances import template_hint as _template_hint
+from .yaml_units import FAST_FROM
 
 YAML_SUFFIXES = (".yaml", ".yml")
 # No unit file needs more; systemd caps a line at 1 MiB (LONG_LINE_MAX). A 100 MiB
@@ -32,13 +40,23 @@ class LoadResult:
         return {u.name: u for u in self.units}
 
 
-def load_paths(paths: list[str] | tuple[str, ...]) -> LoadResult:
-    """Load and validate every unit under ``paths``; raise UnitErrors on any error."""
+def load_paths(paths: list[str] | tuple[str, ...],
+               instances: list[str] | tuple[str, ...] = ()) -> LoadResult:
+    """Load and validate every unit under ``paths``; raise UnitErrors on any error.
+
+    ``instances``: template instances (``web@8080``) to load besides the files,
+    from the template ``web@.yaml`` among ``paths`` (see ``instances.py``).
+    """
     units: list[UnitSpec] = []
     warnings: list[UnitWarning] = []
     errors: list[UnitError] = []
     for path in paths:
+        if is_template_file(path) and not os.path.isdir(path):
+            if not instances:  # a template named on its own: never started by itself
+                errors.append(UnitError(path, 0, "", _template_hint(path)))
+            continue
         _load_one_path(path, units, warnings, errors)
+    _load_instances(paths, instances, units, errors)
     if not errors:
         errors.extend(check_graph(units))
     if errors:
@@ -62,13 +80,18 @@ def _load_one_path(path: str, units: list[UnitSpec], warnings: list[UnitWarning]
             return
         fast = len(yaml_files) >= FAST_FROM
         for f in yaml_files:
-            if os.path.isfile(f):
+            if os.path.isfile(f) and not is_template_file(f):
                 _load_yaml_file(f, units, errors, fast)
         if has_systemd:
             _load_systemd(path, None, units, warnings, errors)
         return
     if path.endswith(SYSTEMD_SUFFIXES):
         _load_systemd(os.path.dirname(path) or ".", path, units, warnings, errors)
+        return
+    template = template_for_missing(path)
+    if template is not None and not os.path.lexists(path):
+        _load_yaml_file(template, units, errors, instance=split_instance(
+            os.path.basename(path).rpartition(".")[0]))
         return
     if not os.path.exists(path):
         errors.append(UnitError(path, 0, "", "no such file or directory"))
@@ -77,14 +100,14 @@ def _load_one_path(path: str, units: list[UnitSpec], warnings: list[UnitWarning]
 
 
 def _load_yaml_file(path: str, units: list[UnitSpec], errors: list[UnitError],
-                    fast: bool = False) -> None:
+                    fast: bool = False, instance: tuple[str, str] | None = None) -> None:
     try:
         text = read_unit_file(path)
     except UnitError as exc:
         errors.append(exc)
         return
     try:
-        units.append(load_yaml_unit(text, path, fast))
+        units.append(load_text(text, path, fast, instance))
     except UnitError as exc:
         errors.append(exc)
 
@@ -103,6 +126,25 @@ def read_unit_file(path: str) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UnitError(path, 0, "", f"not UTF-8 text ({exc.reason})") from None
+
+
+def _load_instances(paths: list[str] | tuple[str, ...], names: list[str] | tuple[str, ...],
+                    units: list[UnitSpec], errors: list[UnitError]) -> None:
+    loaded = {u.name for u in units}
+    for name in names:
+        if name in loaded:
+            continue  # it has a file of its own (web@8080.yaml)
+        try:
+            instance = split_instance(name)
+        except ValueError as exc:
+            errors.append(UnitError(name, 0, "", str(exc)))
+            continue
+        template = find_template(paths, instance[0])
+        if template is None:
+            errors.append(UnitError(name, 0, "", f"expected a template {instance[0]}@.yaml "
+                                    f"in {', '.join(paths)}, found none"))
+            continue
+        _load_yaml_file(template, units, errors, instance=instance)
 
 
 def _load_systemd(directory: str, single: str | None, units: list[UnitSpec],

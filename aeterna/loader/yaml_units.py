@@ -200,10 +200,13 @@ def _compose(text: str, fast: bool) -> yaml.Node | None:
     return yaml.compose(text, Loader=yaml.SafeLoader)
 
 
-def load_yaml_unit(text: str, file: str, fast: bool = False) -> UnitSpec:
+def load_yaml_unit(text: str, file: str, fast: bool = False,
+                   instance: tuple[str, str] | None = None) -> UnitSpec:
     """Parse one YAML unit file's text. Pure: raises UnitError, never anything else.
 
     ``fast``: many files are being loaded; use libyaml if there is one.
+    ``instance``: (prefix, instance) of a rendered template (``templates.py``):
+    its values' specifiers are expanded and its name is the instance's.
     """
     doc = _Doc(file)
     try:
@@ -218,6 +221,10 @@ def load_yaml_unit(text: str, file: str, fast: bool = False) -> UnitSpec:
         raise UnitError(file, 0, "", "invalid YAML: nested too deeply") from None
     if root is None:
         raise UnitError(file, 1, "", "expected a mapping with a 'service' key, found an empty file")
+    if instance is not None:
+        from .templates import prepare_instance
+
+        prepare_instance(root, file, *instance)
     top = doc.mapping(root, "", _TOP)
     if "version" in top:
         knode, vnode = top["version"]

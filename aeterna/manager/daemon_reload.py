@@ -29,17 +29,23 @@ class Diff:
                 "changed": list(self.changed)}
 
 
-def read(paths: list[str], log: Log) -> dict[str, UnitSpec] | list[str]:
-    """The unit files now, by name; or the errors, each logged.
+def read(paths: list[str], log: Log,
+         instances: list[str] | tuple[str, ...] = ()) -> dict[str, UnitSpec] | list[str]:
+    """The unit files now (and the template instances started by name), by name;
+    or the errors, each logged.
 
     Called in a worker thread. The cyclic collector is paused meanwhile: parsing
     allocates hundreds of thousands of objects, and the full collections they
     trigger run under the GIL, stalling the loop's thread for 100 ms at a time.
     """
+    if instances:
+        from .instances import still_templated
+
+        instances = still_templated(paths, instances)
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        return load_paths(paths).by_name()
+        return load_paths(paths, instances).by_name()
     except UnitErrors as exc:
         for err in exc.errors:
             log.error("reload.invalid", error=str(err))

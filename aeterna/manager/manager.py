@@ -20,6 +20,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..linux import pid1, proc
+from ..linux.notify_socket import notify_supervisor
 from ..linux.sockets import SocketError, bind_listeners, remove_listener
 from ..loader import LoadResult
 from ..log import Log
@@ -61,6 +62,7 @@ class Manager:
 
     def __init__(self, paths: list[str], loaded: LoadResult, log: Log, runtime_dir: str = ""):
         self.paths = paths
+        self.instances: list[str] = []  # template instances started by name (web@8080)
         self.log = log
         self.runtime_dir = runtime_dir  # where the notify socket goes (beside the control one)
         self.faults = Faults(log)
@@ -127,6 +129,9 @@ class Manager:
                 self.units[name].dispatch(Event.START)
         self._booted = True
         self._schedule()
+        # systemd's Type=notify (templates/host/aeterna.service): the manager is up.
+        notify_supervisor(f"READY=1\nSTATUS=running {len(self.units)} units\n"
+                          f"MAINPID={os.getpid()}")
         pid1.trim_memory()  # and starting them left more
         # What booting allocated lives as long as the manager: keep the cyclic
         # collector from walking it at every full collection (tens of ms of
@@ -301,6 +306,7 @@ class Manager:
     # ------------------------------------------------------------- actions
     def shutdown(self) -> None:
         """Stop every unit in reverse dependency order, then exit."""
+        notify_supervisor("STOPPING=1")
         if self.relays is not None:
             self.relays.abort_all()
         self.ordering.stop_all()
@@ -344,7 +350,8 @@ class Manager:
         """The unit files now (or their errors), parsed in a worker thread: a 10 MiB
         file parsed on the loop stalled it for seconds."""
         assert self.loop is not None
-        return await self.loop.run_in_executor(None, daemon_reload.read, self.paths, self.log)
+        return await self.loop.run_in_executor(None, daemon_reload.read, self.paths, self.log,
+                                               list(self.instances))
 
     def reload(self, relay: bool = True, new: dict[str, UnitSpec] | list[str] | None = None
                ) -> tuple[dict[str, Any], list[asyncio.Future[Outcome]]]:
@@ -355,7 +362,7 @@ class Manager:
         errors are reported. Returns (what was done, the relays' outcomes to come).
         """
         if new is None:
-            new = daemon_reload.read(self.paths, self.log)
+            new = daemon_reload.read(self.paths, self.log, self.instances)
         if isinstance(new, list):
             self.log.error("reload.rejected", reason="invalid unit files",
                            kept="running configuration")
@@ -403,11 +410,24 @@ class Manager:
                 self.log.info("reload.added", unit=spec.name, action="start")
                 runtime.dispatch(Event.START)
 
+    def add_instance(self, name: str) -> str:
+        """``aeterna start web@8080``: load an instance from its template and start it
+        as a new unit file would be; "" or why not (instances.py)."""
+        from . import instances
+
+        return instances.add(self, name)
+
+    def enable_instance(self, name: str) -> tuple[str, str]:
+        """``aeterna enable web@8080``: (the symlink made, or "", why not, or "")."""
+        from . import instances
+
+        return instances.enable(self, name)
+
     def reload_unit(self, name: str, new: dict[str, UnitSpec] | list[str] | None = None
                     ) -> tuple[str, UnitSpec | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error)."""
         if new is None:
-            new = daemon_reload.read(self.paths, self.log)
+            new = daemon_reload.read(self.paths, self.log, self.instances)
         if isinstance(new, list):
             return "invalid", None, "\n".join(new)
         spec = new.get(name)
@@ -421,7 +441,7 @@ class Manager:
 
     def reread_unit(self, name: str) -> UnitSpec | None:
         """The unit's definition from the files now, or None if they do not validate."""
-        new = daemon_reload.read(self.paths, self.log)
+        new = daemon_reload.read(self.paths, self.log, self.instances)
         return None if isinstance(new, list) else new.get(name)
 
     # ------------------------------------------------------------- Host (units)

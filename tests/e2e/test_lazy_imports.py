@@ -17,7 +17,7 @@ from conftest import ROOT, write_units
 LAZY = ("aeterna.relay.relay", "aeterna.relay.coordinator", "aeterna.relay.srp",
         "aeterna.relay.handoff", "aeterna.relay.probes", "aeterna.api.http",
         "aeterna.api.metrics", "aeterna.api.status", "psutil", "concurrent.futures.thread",
-        "json")
+        "json", "jinja2", "aeterna.loader.templates", "aeterna.scaffold")
 
 
 def idle_modules(tmp_path: Path, unit: str) -> set[str]:
