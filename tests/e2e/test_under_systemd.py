@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.conftest import AETERNA, ROOT, free_port, write_units
-from tests.loadgen import LoadGen
+from conftest import AETERNA, ROOT, free_port, write_units
+from loadgen import LoadGen
 
 PARENT = [sys.executable, str(ROOT / "tests" / "sdparent.py")]
 NOTIFIER = [sys.executable, str(ROOT / "tests" / "apps" / "notifier.py")]
