@@ -541,6 +541,8 @@ class Manager:
             # `aeterna start UNIT` must still find a manager (systemd's stays up too).
             return
         code = self.exit_status()
+        if self.upward is not None and not self.shutting_down:
+            self.upward.stopping(f"exiting: {self.summary()}")  # its units ended by themselves
         self.log.info("manager.exiting", status=code, orphans_reaped=self.orphans_reaped)
         self._done.set_result(code)
 

@@ -29,7 +29,10 @@ fi
 
 files=$(mktemp)
 trap 'rm -f "$files"' EXIT
-git ls-files -co --exclude-standard | grep -v '^build/' | while read -r f; do
+# The tree's files: git's list in a checkout, else everything but build output.
+{ git ls-files -co --exclude-standard 2>/dev/null \
+  || find . -type f -not -path './.git/*' -not -path './.venv/*' | sed 's|^\./||'; } \
+    | grep -v -e '^build/' -e '^dist/' -e '__pycache__' | while read -r f; do
     [ -f "$f" ] && printf '%s\n' "$f"
 done | LC_ALL=C sort > "$files"
 sum=$(xargs -d '\n' sha256sum < "$files" | sha256sum | cut -c1-16)

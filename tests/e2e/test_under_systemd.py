@@ -198,6 +198,19 @@ def test_watchdog_stops_when_the_loop_stops(tmp_path: Path, parent: Any) -> None
     p.wait(lambda e: e["event"] == "exited", timeout=20)
 
 
+def test_units_that_end_by_themselves_end_aeterna_with_stopping(tmp_path: Path,
+                                                                 parent: Any) -> None:
+    units = write_units(tmp_path / "units", {"once.yaml": (
+        "service:\n  name: once\n"
+        f"  command: {json.dumps([*NOTIFIER, 'sleep:0.3', 'exit:0'])}\n")})
+    p = parent(units)
+    i, ready = p.wait_notify("READY", "1")
+    _, stopping = p.wait_notify("STOPPING", "1", start=i + 1)
+    assert stopping["fields"]["STATUS"] == "exiting: 1 unit: 1 inactive"
+    _, exited = p.wait(lambda e: e["event"] == "exited")
+    assert exited["status"] == 0
+
+
 def test_an_empty_units_directory_is_a_ready_idle_manager(tmp_path: Path, parent: Any) -> None:
     """/etc/aeterna/units as installed (only a disabled example): READY=1, 0 units,
     and the manager stays up for a reload to add units."""
@@ -251,6 +264,7 @@ def test_a_parents_listener_reaches_the_unit_and_survives_restarts(
             load.wait_for(n + 50, timeout=15)
         summary = load.stop()
     assert len(pids) == 3
+    assert len(summary.ppids) == 3  # one gunicorn arbiter per Aeterna, on the one socket
     by = summary.as_dict()
     print("restarts under load:", by)
     assert summary.ok > 150
