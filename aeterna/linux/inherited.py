@@ -99,15 +99,19 @@ def _same_address(entry: Inherited, spec: ListenSpec) -> bool:
 
 
 def find(pool: Iterable[Inherited], spec: ListenSpec) -> Inherited | None:
-    """The inherited fd for ``spec``: by name first, then by address."""
+    """The inherited fd for ``spec``: by name first, then by address.
+
+    Every listener of one .socket unit has the same name (its one
+    ``FileDescriptorName=``): among several of that name, the address decides.
+    """
     pool = list(pool)
-    for entry in pool:
-        if spec.name and entry.name == spec.name:
-            return entry
-    for entry in pool:
+    named = [e for e in pool if spec.name and e.name == spec.name]
+    if len(named) == 1:
+        return named[0]
+    for entry in named or pool:
         if entry.type is not None and _same_address(entry, spec):
             return entry
-    return None
+    return named[0] if named else None
 
 
 def adopt(entry: Inherited, spec: ListenSpec) -> Listener:

@@ -20,6 +20,12 @@ def test_a_name_wins_over_an_address() -> None:
     assert find(pool, ListenSpec("127.0.0.1:8080", name="web")) is pool[1]
 
 
+def test_among_listeners_of_one_name_the_address_decides() -> None:
+    pool = [_tcp("web", "127.0.0.1", 8080), _tcp("web", "127.0.0.1", 8443)]
+    assert find(pool, ListenSpec("127.0.0.1:8443", name="web")) is pool[1]
+    assert find(pool, ListenSpec("127.0.0.1:9000", name="web")) is pool[0]
+
+
 def test_without_a_name_the_address_decides() -> None:
     pool = [_tcp("aeterna.socket", "127.0.0.1", 8080),
             _tcp("aeterna.socket", "::", 8081, socket.AF_INET6)]
