@@ -252,17 +252,23 @@ def aeterna_keys() -> list[tuple[str, str]]:
                 f.write(f"[Service]\nExecStart=/bin/true\n[X-Aeterna]\n{key}=\x01bad\n")
             try:
                 load_paths([path])
-                what = "a value"
+                what = "a string"
             except UnitErrors as exc:
                 what = _expected(exc.errors[0])
-            out.append((key, "a command line" if what.startswith("probe.service") else what))
+            # What the handler is says the rest: a command line, a repeatable setting.
+            kind = AETERNA[key][0].__qualname__.split(".")[0]
+            if kind == "_exec":
+                what = "a command line, as ExecStart= (repeatable)"
+            elif kind == "_append":
+                what += " (repeatable; empty resets the list)"
+            out.append((key, what))
     return out
 
 
 def aeterna_unit_5() -> str:
     out = _head("aeterna.unit", 5, "Aeterna")
     out += [".SH NAME", "aeterna.unit \\- " + esc("Aeterna's unit files (YAML, and "
-                                                    "[X\\-Aeterna] in systemd units)"),
+                                                    "[X-Aeterna] in systemd units)"),
             ".SH SYNOPSIS", ".IR NAME .yaml ", ".IR NAME .service ", ".IR NAME .socket",
             ".SH DESCRIPTION",
             esc("Aeterna reads the unit files in the directories and files given to "
@@ -277,9 +283,9 @@ def aeterna_unit_5() -> str:
     for name, what in yaml_keys():
         out += [".TP", f".B {esc(name)}", esc(what)]
     out += [".SH SYSTEMD UNITS AND [X-AETERNA]",
-            esc("A .service file may carry a [X\\-Aeterna] section, which systemd ignores, "
+            esc("A .service file may carry a [X-Aeterna] section, which systemd ignores, "
                 "with Aeterna's own settings (the YAML unit's orchestration and "
-                "observability blocks):").replace("\\e-", "\\-")]
+                "observability blocks):")]
     for key, what in aeterna_keys():
         out += [".TP", f".B {esc(key)}=", esc(what)]
     out += [".SH EXAMPLE", esc("See /etc/aeterna/units/example.yaml.disabled."),

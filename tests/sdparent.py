@@ -6,8 +6,8 @@ SO_PASSCRED, so each message carries the sender's pid), and starts the child
 as systemd does: fork, the listeners moved to fd 3.., ``LISTEN_PID`` (the
 child's own pid), ``LISTEN_FDS``, ``LISTEN_FDNAMES``, ``NOTIFY_SOCKET``,
 ``WATCHDOG_USEC`` and ``WATCHDOG_PID`` set, then exec. It is single-threaded, so
-the fork is safe. The watchdog is enforced as systemd does: no ``WATCHDOG=1``
-for ``WATCHDOG_USEC`` and the child gets SIGABRT.
+the fork is safe. The watchdog is enforced as systemd does: once the child
+said READY=1, no ``WATCHDOG=1`` for ``WATCHDOG_USEC`` and it gets SIGABRT.
 
 It reports on stdout, one JSON object a line: ``started``, ``notify`` (the
 sender's pid and the message's fields), ``exited``, ``watchdog-timeout``; and
@@ -63,6 +63,7 @@ class Parent:
         self.pid = 0
         self.restart_pending = False
         self.last_ping = 0.0
+        self.armed = False
         self.quit = False
 
     # ------------------------------------------------------------ the child
@@ -96,6 +97,7 @@ class Parent:
                 os._exit(127)
         self.pid = pid
         self.last_ping = time.monotonic()
+        self.armed = False  # systemd.service(5): "activated when the start-up is completed"
         emit("started", pid=pid)
 
     def signal(self, sig: int) -> None:
@@ -126,8 +128,9 @@ class Parent:
                     sender = struct.unpack("iII", payload[:12])[0]
             text = data.decode("utf-8", "replace")
             fields = dict(line.partition("=")[::2] for line in text.split("\n") if line)
-            if "WATCHDOG" in fields and sender == self.pid:
+            if sender == self.pid and ("WATCHDOG" in fields or "READY" in fields):
                 self.last_ping = time.monotonic()
+                self.armed = self.armed or "READY" in fields
             emit("notify", pid=sender, fields=fields)
 
     def on_command(self) -> None:
@@ -155,12 +158,12 @@ class Parent:
         self.start()
         while self.pid or self.restart_pending:
             timeout = None
-            if self.watchdog_usec and self.pid:
+            if self.watchdog_usec and self.pid and self.armed:
                 timeout = max(0.0, self.last_ping + self.watchdog_usec / 1e6 - time.monotonic())
             for key, _ in sel.select(timeout):
                 key.data()
             self.reap()
-            if (self.watchdog_usec and self.pid
+            if (self.watchdog_usec and self.pid and self.armed
                     and time.monotonic() - self.last_ping > self.watchdog_usec / 1e6):
                 emit("watchdog-timeout", pid=self.pid)
                 self.signal(signal.SIGABRT)  # systemd's default WatchdogSignal=

@@ -110,6 +110,8 @@ class Manager:
             loop.add_signal_handler(sig, self._forward, sig)
         loop.add_signal_handler(pid1.RELOAD_SIGNAL, self._on_sighup)
         pid1.quiet_wakeup_fd(loop)
+        if self.upward is not None:  # the first ping now: binding many units takes a while
+            self.upward.start_watchdog(self.call_later, self.summary)
         self._open_notify()
         self.reaper = Reaper(loop, self.log, self.pids)
         self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
@@ -195,7 +197,6 @@ class Manager:
         for entry in self.inherited:
             if not entry.used_by:
                 self.log.warning("socket.inherited-unused", name=entry.name, fd=entry.fd)
-        upward.start_watchdog(self.call_later, self.summary)
         self.background(self._upward_ready(upward))
 
     async def _upward_ready(self, upward: Upward) -> None:
