@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -147,3 +148,26 @@ def test_install_run_and_purge_in_a_fresh_debian_root(debs: list[Path], tmp_path
     assert left == [], left
     assert not (root / "etc" / "aeterna").exists()
     assert not (root / "var" / "lib" / "aeterna").exists()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is missing")
+def test_systemd_analyze_verifies_the_service_and_socket(tmp_path: Path) -> None:
+    """systemd's own checker on aeterna.service and the example aeterna.socket, with the
+    ExecStart= programs and the Documentation= man pages it points at present."""
+    sys.path.insert(0, str(ROOT / "packaging"))
+    import manpages
+
+    for section in ("1", "5"):
+        (tmp_path / "man" / f"man{section}").mkdir(parents=True)
+    assert manpages.main(["manpages.py", str(tmp_path / "out")]) == 0
+    shutil.copy(tmp_path / "out" / "aeterna.1", tmp_path / "man" / "man1")
+    shutil.copy(tmp_path / "out" / "aeterna.unit.5", tmp_path / "man" / "man5")
+    aeterna = shutil.which("aeterna", path=str(Path(sys.executable).parent))
+    assert aeterna is not None
+    service = (ROOT / "packaging" / "deb" / "debian" / "aeterna.service").read_text()
+    (tmp_path / "aeterna.service").write_text(service.replace("/usr/bin/aeterna", aeterna))
+    shutil.copy(ROOT / "packaging" / "deb" / "aeterna.socket", tmp_path)
+    r = subprocess.run(["systemd-analyze", "verify", "./aeterna.service", "./aeterna.socket"],
+                       capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                       env={"PATH": SYSTEM_PATH, "MANPATH": str(tmp_path / "man")})
+    assert r.returncode == 0 and r.stderr == "", r.stderr

@@ -125,7 +125,9 @@ def test_notify_ready_reload_status_watchdog_stopping(tmp_path: Path, parent: An
         "service:\n  name: slow\n  type: notify\n"
         f"  command: {json.dumps([*NOTIFIER, 'env', 'sleep:0.7', 'send:READY=1', 'forever'])}\n"
     )})
-    p = parent(units, watchdog_usec=1_000_000)
+    # Passed down by the parent but named by no unit: kept by Aeterna, seen by no unit.
+    spare = f"spare=127.0.0.1:{free_port()}"
+    p = parent(units, watchdog_usec=1_000_000, listen=(spare,))
     pid = _aeterna_pid(p)
     started = p.events[0]["t"]
     i, ready = p.wait_notify("READY", "1")
@@ -135,10 +137,16 @@ def test_notify_ready_reload_status_watchdog_stopping(tmp_path: Path, parent: An
     assert ready["fields"]["STATUS"] == "1 unit: 1 active"
     assert ready["fields"]["MAINPID"] == str(pid)
 
-    # The unit got Aeterna's variables, not the parent's.
+    # The unit got Aeterna's variables, not the parent's, and none of its fds.
     env = json.loads(re.search(r"ENV (\{.*\})", p.output()).group(1))  # type: ignore[union-attr]
     assert env["NOTIFY_SOCKET"] != p.notify
     assert "WATCHDOG_USEC" not in env and "LISTEN_FDS" not in env
+    unit_pid = int(env["getpid"])
+    theirs = {os.readlink(f"/proc/{unit_pid}/fd/{fd}") for fd in os.listdir(f"/proc/{unit_pid}/fd")}
+    parents = {os.readlink(f"/proc/{p.proc.pid}/fd/{fd}")
+               for fd in os.listdir(f"/proc/{p.proc.pid}/fd")}
+    assert not {f for f in theirs & parents if f.startswith("socket:")}, theirs & parents
+    assert re.search(r"socket\.inherited-unused name=spare fd=3", p.output())
 
     # Pings every half period (0.5 s), each from us, and the parent's watchdog (armed
     # at READY=1) never fires.
