@@ -10,6 +10,8 @@
 #                (extra pytest arguments: make test PYTEST_ARGS='-k loader -x')
 #   make bench   system packages, venv, then every bench/*.py
 #   make lint    ruff, mypy and the layers' import contracts (import-linter)
+#   make deb     the Debian packages, in build/deb/ (cached: rebuilt when sources change)
+#   make deb-check  lintian and piuparts on them (piuparts is slow)
 #   make clean   remove the venv, caches and build output
 
 SHELL := /bin/bash
@@ -30,7 +32,8 @@ STAMP_TEST  := $(VENV)/.stamp-test
 APT_PACKAGES ?= python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
                 tini dumb-init supervisor wrk util-linux procps iproute2 golang-go \
                 mmdebstrap docker.io podman runc debhelper dh-python \
-                pybuild-plugin-pyproject lintian piuparts fakeroot default-jdk-headless
+                pybuild-plugin-pyproject lintian piuparts fakeroot default-jdk-headless \
+                python3-setuptools python3-yaml python3-jinja2 python3-psutil man-db
 
 # The `test` extra from pyproject.toml, less systemd-python.
 TEST_DEPS_NO_SYSTEMD := import tomllib; \
@@ -40,10 +43,10 @@ TEST_DEPS_NO_SYSTEMD := import tomllib; \
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help demo test lint bench clean sysdeps venv rootfs
+.PHONY: help demo test lint bench clean sysdeps venv rootfs deb deb-check
 
 help:
-	@echo "targets: demo test lint bench clean sysdeps"
+	@echo "targets: demo test lint bench deb deb-check clean sysdeps"
 
 # --------------------------------------------------------------------------- system packages
 # Cheap when everything is there: a single dpkg-query call.
@@ -75,6 +78,20 @@ ROOTFS ?= build/rootfs/bookworm.tar
 
 rootfs: sysdeps
 	packaging/rootfs.sh $(ROOTFS)
+
+# --------------------------------------------------------------------------- Debian packages
+# aeterna_VERSION-1_ARCH.deb and python3-aeterna-sdk_VERSION-1_all.deb, built
+# with dh and pybuild from a copy of the tree (packaging/deb/build.sh).
+DEB_DIR ?= build/deb
+
+deb: sysdeps
+	packaging/deb/build.sh $(DEB_DIR)
+
+# lintian runs in `make test` too (tests/e2e/test_deb.py); piuparts only here:
+# it installs, upgrades and purges in a fresh root of its own (minutes).
+deb-check: deb rootfs
+	lintian --fail-on warning $(DEB_DIR)/aeterna_*.deb $(DEB_DIR)/python3-aeterna-sdk_*.deb
+	packaging/deb/piuparts.sh $(ROOTFS) $(DEB_DIR)
 
 # --------------------------------------------------------------------------- virtualenv
 # Debian's python3 has no ensurepip until python3-venv is installed.
@@ -114,7 +131,7 @@ demo: $(STAMP_RUN)
 	@exec $(VENV)/bin/aeterna --control $(DEMO_CONTROL) start -c units/
 
 lint: $(STAMP_TEST)
-	$(VENV)/bin/ruff check aeterna sdk tests bench examples
+	$(VENV)/bin/ruff check aeterna sdk tests bench examples packaging
 	$(VENV)/bin/mypy aeterna sdk/python/aeterna_sdk
 	$(VENV)/bin/lint-imports --no-cache
 

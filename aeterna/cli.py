@@ -39,22 +39,26 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("unit", nargs="?", help="a unit of the running manager to start")
     s.add_argument("-c", "--config", action="append", metavar="PATH",
                    help="a unit file or a directory of them (repeatable)")
-    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="the least severe log lines written (a unit's log_level overrides it)")
     st = sub.add_parser("status", help="show units")
-    st.add_argument("unit", nargs="?")
-    st.add_argument("--json", action="store_true")
+    st.add_argument("unit", nargs="?", help="one unit (default: every unit)")
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
     sp = sub.add_parser("stop", help="stop a unit, or everything (the manager exits)")
-    sp.add_argument("unit", nargs="?")
+    sp.add_argument("unit", nargs="?", help="the unit to stop (default: every unit)")
     en = sub.add_parser("enable", help="make a template's instance (web@8080) a unit file "
                         "of its own, a symlink to the template, and start it")
-    en.add_argument("unit")
+    en.add_argument("unit", help="the instance to enable, as TEMPLATE@INSTANCE")
     rs = sub.add_parser("restart", help="stop and start a unit")
-    rs.add_argument("unit")
+    rs.add_argument("unit", help="the unit to restart")
     rl = sub.add_parser("reload", help="re-read the unit files")
-    rl.add_argument("unit", nargs="?")
-    rl.add_argument("--no-block", action="store_true")
+    rl.add_argument("unit", nargs="?",
+                    help="relay or restart this unit only (default: apply every change)")
+    rl.add_argument("--no-block", action="store_true",
+                    help="return once the reload is started, not when its relays end")
     v = sub.add_parser("validate", help="check unit files without running anything")
-    v.add_argument("paths", nargs="+", metavar="PATH")
+    v.add_argument("paths", nargs="+", metavar="PATH",
+                   help="a unit file or a directory of them")
     v.add_argument("--instance", metavar="NAME",
                    help="render the templates (web@.yaml) among PATH for this instance, "
                         "and show the rendered unit")

@@ -181,7 +181,8 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("init", help="write a service's unit files (and container, host or "
                        "Kubernetes files) from a profile",
                        description="profiles: " + ", ".join(PROFILES))
-    p.add_argument("profile", metavar="PROFILE")
+    p.add_argument("profile", metavar="PROFILE",
+                   help="web, agent, worker, socket, container, host or kubernetes")
     p.add_argument("dir", nargs="?", default=".", metavar="DIR|-",
                    help="where to write (default: .); - writes one file to stdout")
     p.add_argument("--name", help="the unit's name")

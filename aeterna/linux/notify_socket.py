@@ -172,23 +172,3 @@ def _remove_stale_socket(path: str) -> None:
             os.unlink(path)
         except OSError:
             pass
-
-
-def notify_supervisor(message: str) -> bool:
-    """sd_notify to whoever started the manager (systemd's ``Type=notify``, or an
-    outer Aeterna): ``READY=1`` once booted, ``STOPPING=1`` when shutting down.
-
-    Reads ``$NOTIFY_SOCKET`` of the manager's own environment (its children get
-    the manager's socket instead). Nothing without one; never raises.
-    """
-    path = os.environ.get("NOTIFY_SOCKET", "")
-    if path.startswith("@"):
-        path = "\0" + path[1:]  # an abstract socket
-    elif not path.startswith("/"):
-        return False  # unset, or vsock: not spoken here
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as s:
-            s.sendto(message.encode(), path)
-    except OSError:
-        return False
-    return True

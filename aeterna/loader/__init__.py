@@ -75,8 +75,10 @@ def _load_one_path(path: str, units: list[UnitSpec], warnings: list[UnitWarning]
         yaml_files = [os.path.join(path, n) for n in names if n.endswith(YAML_SUFFIXES)]
         has_systemd = any(n.endswith(SYSTEMD_SUFFIXES) for n in names)
         if not yaml_files and not has_systemd:
-            errors.append(UnitError(path, 0, "", "no unit files (*.yaml, *.yml, *.service, "
-                                    "*.socket) in this directory"))
+            # A warning, not an error: a host's /etc/aeterna/units starts empty (as
+            # systemd with no units of its own), and a reload may add files later.
+            warnings.append(UnitWarning(path, 0, "", "no unit files (*.yaml, *.yml, "
+                                        "*.service, *.socket) in this directory"))
             return
         fast = len(yaml_files) >= FAST_FROM
         for f in yaml_files:

@@ -19,9 +19,8 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..linux import pid1, proc
-from ..linux.notify_socket import notify_supervisor
-from ..linux.sockets import SocketError, bind_listeners, remove_listener
+from ..linux import inherited, pid1, proc
+from ..linux.sockets import SocketError, remove_listener
 from ..loader import LoadResult
 from ..log import Log
 from ..model import UnitSpec
@@ -37,6 +36,7 @@ from .ordering import Ordering
 from .reaper import Reaper
 from .relay_port import RelayPort
 from .spawner import ExitCallback, Spawner
+from .upward import Upward, summary
 
 if TYPE_CHECKING:
     from ..relay.coordinator import Coordinator
@@ -76,6 +76,9 @@ class Manager:
         self.srp: dict[str, SrpUnit] = {}  # loaded by units that enable SRP
         self.port = RelayPort(self)  # what the relay layer holds instead of the manager
         self.base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
+        # Started by systemd: our own notify socket and listeners (manager/upward.py).
+        self.upward = Upward.from_env(os.environ, log)
+        self.inherited = inherited.take(os.environ)
         self._queue: deque[tuple[UnitRuntime, Event | None]] = deque()
         self._draining = False
         self._busy: set[UnitRuntime] = set()  # neither down nor a finished oneshot
@@ -111,6 +114,8 @@ class Manager:
             loop.add_signal_handler(sig, self._forward, sig)
         loop.add_signal_handler(pid1.RELOAD_SIGNAL, self._on_sighup)
         pid1.quiet_wakeup_fd(loop)
+        if self.upward is not None:  # the first ping now: binding many units takes a while
+            self.upward.start_watchdog(self.call_later, self.summary)
         self._open_notify()
         self.reaper = Reaper(loop, self.log, self.pids)
         self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
@@ -129,9 +134,8 @@ class Manager:
                 self.units[name].dispatch(Event.START)
         self._booted = True
         self._schedule()
-        # systemd's Type=notify (templates/host/aeterna.service): the manager is up.
-        notify_supervisor(f"READY=1\nSTATUS=running {len(self.units)} units\n"
-                          f"MAINPID={os.getpid()}")
+        if self.upward is not None:
+            self._upward_boot(self.upward)
         pid1.trim_memory()  # and starting them left more
         # What booting allocated lives as long as the manager: keep the cyclic
         # collector from walking it at every full collection (tens of ms of
@@ -175,22 +179,42 @@ class Manager:
         if runtime.fdstore is not None:
             self.loop.add_reader(runtime.fdstore.epoll_fd(), self._on_fdstore, runtime)
         try:
-            runtime.listeners = bind_listeners(runtime.spec.service.sockets)
+            bound = inherited.bind_listeners(runtime.spec.service.sockets, self.inherited,
+                                             runtime.name)
         except SocketError as exc:
             runtime.fail_now(Result.RESOURCES, "unit.bind-failed", error=str(exc),
                              address=exc.address, errno=errno_name(exc.errno or 0))
             return
-        for lst in runtime.listeners:
+        runtime.listeners = [lst for lst, _ in bound]
+        for lst, entry in bound:
             self.log.info("socket.bound", unit=runtime.name, name=lst.spec.name,
-                          address=lst.local_address(), fd=lst.fd)
+                          address=lst.local_address(), fd=lst.fd,
+                          inherited=None if entry is None else entry.name)
 
     def _on_fdstore(self, runtime: UnitRuntime) -> None:
         assert runtime.fdstore is not None
         for name in runtime.fdstore.on_events():
             self.log.info("fdstore.dropped", unit=runtime.name, name=name, reason="hangup")
 
+    def _upward_boot(self, upward: Upward) -> None:
+        """READY=1 to whoever started us once the boot is done; the watchdog pings."""
+        for entry in self.inherited:
+            if not entry.used_by:
+                self.log.warning("socket.inherited-unused", name=entry.name, fd=entry.fd)
+        self.background(self._upward_ready(upward))
+
+    async def _upward_ready(self, upward: Upward) -> None:
+        await self.wait_for(lambda: upward.booted(lambda: (r.state for r in
+                                                           self.units.values())))
+
+    def summary(self) -> str:
+        """One line on the units, for STATUS=: ``3 units: 2 active, 1 failed``."""
+        return summary(r.state for r in self.units.values())
+
     def _close_resources(self) -> None:
         assert self.loop is not None
+        if self.upward is not None:
+            self.upward.close()
         self.loop.remove_reader(self.notify.fileno())
         self.notify.close()
         for runtime in self.units.values():
@@ -306,7 +330,8 @@ class Manager:
     # ------------------------------------------------------------- actions
     def shutdown(self) -> None:
         """Stop every unit in reverse dependency order, then exit."""
-        notify_supervisor("STOPPING=1")
+        if self.upward is not None and not self.shutting_down:
+            self.upward.stopping()
         if self.relays is not None:
             self.relays.abort_all()
         self.ordering.stop_all()
@@ -361,11 +386,15 @@ class Manager:
         Broken files change nothing: the running configuration is kept and the
         errors are reported. Returns (what was done, the relays' outcomes to come).
         """
+        if self.upward is not None:
+            self.upward.reloading()
         if new is None:
             new = daemon_reload.read(self.paths, self.log, self.instances)
         if isinstance(new, list):
             self.log.error("reload.rejected", reason="invalid unit files",
                            kept="running configuration")
+            if self.upward is not None:
+                self.upward.reloaded(f"reload rejected: {len(new)} errors; " + self.summary())
             return {"ok": False, "errors": new}, []
         d = daemon_reload.diff({n: r.spec for n, r in self.units.items()}, new)
         daemon_reload.report(self.log, d, [n for n in d.removed
@@ -390,7 +419,16 @@ class Manager:
                 self.log.info("reload.applied", unit=name, when="next start")
         if d.changed:
             self.ordering.reindex()
+        if self.upward is not None:
+            self.background(self._upward_reloaded(self.upward, futures))
         return {"ok": True, **d.as_dict(), "relayed": relayed}, futures
+
+    async def _upward_reloaded(self, upward: Upward, futures: list[asyncio.Future[Outcome]]
+                               ) -> None:
+        """READY=1 again once the reload's relays have their outcomes."""
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
+        upward.reloaded(self.summary())
 
     def _add_units(self, specs: list[UnitSpec]) -> None:
         """Bind and start the units of new files, as at boot.
@@ -529,6 +567,8 @@ class Manager:
         if (self._done is None or self._done.done() or not self._booted or self._busy
                 or (self.relays is not None and self.relays.active())):
             return  # the cheap answers first: this runs after every pass of the queue
+        if not self.units and not self.shutting_down:
+            return  # no units (yet): a host service waits for a reload to add some
         if self.shutting_down:
             if self._exited:
                 return  # a finished oneshot still counts as up until it is stopped
@@ -539,6 +579,8 @@ class Manager:
             # `aeterna start UNIT` must still find a manager (systemd's stays up too).
             return
         code = self.exit_status()
+        if self.upward is not None and not self.shutting_down:
+            self.upward.stopping(f"exiting: {self.summary()}")  # its units ended by themselves
         self.log.info("manager.exiting", status=code, orphans_reaped=self.orphans_reaped)
         self._done.set_result(code)
 

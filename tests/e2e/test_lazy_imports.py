@@ -17,7 +17,8 @@ from conftest import ROOT, write_units
 LAZY = ("aeterna.relay.relay", "aeterna.relay.coordinator", "aeterna.relay.srp",
         "aeterna.relay.handoff", "aeterna.relay.probes", "aeterna.api.http",
         "aeterna.api.metrics", "aeterna.api.status", "psutil", "concurrent.futures.thread",
-        "json", "jinja2", "aeterna.loader.templates", "aeterna.scaffold")
+        "json", "jinja2", "aeterna.loader.templates", "aeterna.scaffold",
+        "aeterna_sdk")
 
 
 def idle_modules(tmp_path: Path, unit: str) -> set[str]:
@@ -56,3 +57,21 @@ def test_srp_loads_its_channels_not_the_relay(tmp_path: Path) -> None:
     assert "aeterna.relay.srp" in mods
     assert not mods & {"aeterna.relay.relay", "aeterna.relay.coordinator",
                        "aeterna.api.metrics", "aeterna.api.status"}
+
+
+def test_aeterna_re_exports_the_sdk_on_first_use_only() -> None:
+    """``from aeterna import AeternaClient`` is the SDK's class; ``import aeterna`` alone
+    does not load the SDK."""
+    code = ("import sys, aeterna\n"
+            "assert 'aeterna_sdk' not in sys.modules, 'loaded at import'\n"
+            "from aeterna import AeternaClient, StateArena\n"
+            "import aeterna_sdk\n"
+            "assert AeternaClient is aeterna_sdk.AeternaClient\n"
+            "assert StateArena is aeterna_sdk.StateArena\n"
+            "try:\n"
+            "    aeterna.NoSuchThing\n"
+            "except AttributeError:\n"
+            "    print('ok')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       timeout=30, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr

@@ -115,7 +115,7 @@ def test_host_scaffold_manager_says_ready_and_stopping(aeterna: Any, tmp_path: P
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200
         m.signal(signal.SIGTERM)
-        assert sup.recv(4096) == b"STOPPING=1"
+        assert sup.recv(4096).split(b"\n")[0] == b"STOPPING=1"
         assert m.wait_exit(20) == 143  # one unit: its status, as SuccessExitStatus= says
     assert "SuccessExitStatus=143" in unit
 
