@@ -10,6 +10,9 @@
 #                (extra pytest arguments: make test PYTEST_ARGS='-k loader -x')
 #   make bench   system packages, venv, then every bench/*.py
 #   make lint    ruff, mypy and the layers' import contracts (import-linter)
+#   make image   the container image (packaging/container/Containerfile), with docker
+#                or podman, whichever is here (DOCKER_HOST is honoured):
+#                make image BASE=REF IMAGE=NAME:TAG [ENGINE=docker|podman]
 #   make clean   remove the venv, caches and build output
 
 SHELL := /bin/bash
@@ -40,10 +43,10 @@ TEST_DEPS_NO_SYSTEMD := import tomllib; \
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help demo test lint bench clean sysdeps venv rootfs
+.PHONY: help demo test lint bench clean sysdeps venv rootfs image
 
 help:
-	@echo "targets: demo test lint bench clean sysdeps"
+	@echo "targets: demo test lint bench image clean sysdeps"
 
 # --------------------------------------------------------------------------- system packages
 # Cheap when everything is there: a single dpkg-query call.
@@ -75,6 +78,33 @@ ROOTFS ?= build/rootfs/bookworm.tar
 
 rootfs: sysdeps
 	packaging/rootfs.sh $(ROOTFS)
+
+# The container image. Its build context is build/image: the Containerfile and
+# dist/, which holds wheels of the checkout (Aeterna and its SDK). The base is
+# never pulled: it must be here already (docker pull, or docker import of
+# build/rootfs/bookworm.tar as the tests do).
+BASE      ?= debian:bookworm-slim
+IMAGE     ?= aeterna:latest
+ENGINE    ?=
+IMAGE_CTX := build/image
+
+image: $(STAMP_RUN)
+	rm -rf $(IMAGE_CTX) && mkdir -p $(IMAGE_CTX)/dist
+	$(PIP) wheel $(PIP_FLAGS) --no-deps --wheel-dir $(IMAGE_CTX)/dist . sdk/python
+	cp packaging/container/Containerfile $(IMAGE_CTX)/Containerfile
+	@engine="$(ENGINE)"; \
+	if [ -z "$$engine" ]; then \
+	    if command -v docker >/dev/null 2>&1; then engine=docker; \
+	    elif command -v podman >/dev/null 2>&1; then engine=podman; \
+	    else echo "image: neither docker nor podman is installed"; exit 3; fi; \
+	fi; \
+	case "$$engine" in \
+	    docker) pull="--pull=false"; export DOCKER_BUILDKIT=0;; \
+	    *) pull="--pull=never --format=docker";; \
+	esac; \
+	echo "image: $$engine build $(IMAGE) from $(BASE)"; \
+	$$engine build $$pull --network=host --build-arg BASE=$(BASE) -t $(IMAGE) \
+	    -f $(IMAGE_CTX)/Containerfile $(IMAGE_CTX)
 
 # --------------------------------------------------------------------------- virtualenv
 # Debian's python3 has no ensurepip until python3-venv is installed.
