@@ -155,6 +155,18 @@ def _append(bucket: str, name: str, conv: Callable[[str], Any] = str) -> Handler
     return handler
 
 
+def _paths(bucket: str, name: str) -> Handler:
+    """A space-separated list of absolute paths; each assignment adds, an empty one empties."""
+    def handler(d: Draft, e: Entry, v: str) -> None:
+        store: dict[str, Any] = getattr(d, bucket)
+        if v == "":
+            store.pop(name, None)
+            return
+        values, _first = store.get(name, ([], e))
+        store[name] = ([*values, *(absolute_path(p) for p in v.split())], e)
+    return handler
+
+
 def _description(d: Draft, e: Entry, v: str) -> None:
     d.description = v
 
@@ -379,6 +391,9 @@ AETERNA: dict[str, tuple[Handler, bool]] = {
     "MaxDraining": (_set(OR, "max_draining", whole_number(1, 1000)), False),
     "OnSuccess": (_exec("OnSuccess"), True),
     "OnFailure": (_exec("OnFailure"), True),
+    # Relay when files change (orchestration.watch of a YAML unit).
+    "WatchPaths": (_paths(OR, "watch"), True),
+    "WatchDebounceSec": (_set(OR, "watch_debounce", DURATION), False),
     # Observability (the YAML unit's observability block).
     "MetricsAddress": (_set(OR, "metrics_port", parse_metrics_address), False),
     "LogLevel": (_set(OR, "log_level", log_level), False),

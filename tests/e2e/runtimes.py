@@ -158,14 +158,17 @@ class DockerDaemon:
 
     def stop(self) -> None:
         """SIGTERM, and SIGKILL if it is still there after 30 s (it stops containerd too)."""
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        # dockerd leaves its network namespace bind-mounted in the exec root.
+        netns = self.tmp / "exec" / "netns"
+        for entry in netns.glob("*") if netns.is_dir() else ():
+            subprocess.run(["umount", "-l", str(entry)], capture_output=True, timeout=10)
 
 
 def podman(tmp: Path) -> Engine:
