@@ -6,10 +6,13 @@ directory; the files the app reads are symlinks through ``..data``.
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import textwrap
+import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +49,7 @@ class ConfigMap:
             shutil.rmtree(self.dir / old)
 
 
-def _unit(port: int, config: Path, watch: str) -> str:
+def _unit(port: int, config: Path, watch: str, metrics: int = 0) -> str:
     # The app refuses a config that does not say "ok": N+1 exits at start.
     check = f"grep -qx ok {config}/app.conf || {{ echo broken config; exit 1; }}"
     return textwrap.dedent(f"""\
@@ -61,7 +64,39 @@ def _unit(port: int, config: Path, watch: str) -> str:
           drain: {{timeout: 5s}}
           watch: [{watch}]
           watch_debounce: 200ms
-        """)
+        """) + (f'observability: {{metrics_port: "127.0.0.1:{metrics}"}}\n' if metrics else "")
+
+
+class Readiness:
+    """Polls /readyz every 20 ms on a thread (bounded: 120 s) and counts the answers."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.answers: Counter[int] = Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Readiness:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=2)
+            try:
+                conn.request("GET", "/readyz")
+                self.answers[conn.getresponse().status] += 1
+            except OSError:
+                self.answers[0] += 1
+            finally:
+                conn.close()
+            self._stop.wait(0.02)
+
+    def stop(self) -> Counter[int]:
+        self._stop.set()
+        self._thread.join(5)
+        return self.answers
 
 
 def _quiet(m: Any, pattern: str, n: int, window: float = 1.0) -> None:
@@ -75,11 +110,12 @@ def _quiet(m: Any, pattern: str, n: int, window: float = 1.0) -> None:
 @pytest.mark.parametrize("watch", ["directory", "file"])
 def test_configmap_swaps_relay_once_each_under_load(aeterna: Any, tmp_path: Path,
                                                     watch: str) -> None:
-    port = free_port()
+    port, metrics = free_port(), free_port()
     cm = ConfigMap(tmp_path / "config", {"app.conf": "ok\n"})
     target = cm.dir if watch == "directory" else cm.dir / "app.conf"
-    m = aeterna({"web.yaml": _unit(port, cm.dir, str(target))})
+    m = aeterna({"web.yaml": _unit(port, cm.dir, str(target), metrics)})
     m.wait_line(r"unit\.state unit=web old=starting new=active", timeout=20)
+    ready = Readiness(metrics).start()  # a pod stays ready through relays and rollbacks
     load = LoadGen(port, threads=3, keepalive=2, max_duration=120, max_requests=200_000,
                    timeout=5, pause=0.002).start()
     load.wait_for(50, timeout=20)
@@ -97,9 +133,11 @@ def test_configmap_swaps_relay_once_each_under_load(aeterna: Any, tmp_path: Path
     assert m.status("web")["main_pid"] == pid
     load.wait_for(50, timeout=20)
     summary = load.stop()
-    print(summary.describe())
+    answers = ready.stop()
+    print(summary.describe(), f"/readyz: {answers}")
     assert summary.failed == 0, summary.describe()
     assert m.count(PROMOTED) == 10
+    assert set(answers) == {200} and answers[200] > 100, answers
 
 
 def _wait_count(m: Any, pattern: str, n: int, timeout: float = 20.0) -> bool:
