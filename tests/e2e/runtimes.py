@@ -85,7 +85,9 @@ class Engine:
 
     def build(self, tag: str) -> str:
         """``make image`` from the local base, as a user runs it; returns the image name."""
+        t0 = time.monotonic()
         base = self.import_base()
+        t1 = time.monotonic()
         if self.name == "podman":
             base = f"localhost/{base}"
         try:
@@ -95,6 +97,10 @@ class Engine:
         except subprocess.TimeoutExpired:
             raise AssertionError("make image took more than 10 minutes")
         assert r.returncode == 0, f"make image failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        # The previous build's image is now untagged: keep the cache in build/ from growing.
+        self("image", "prune", "-f", timeout=120, check=False)
+        print(f"{self.name}: base imported in {t1 - t0:.1f}s, "
+              f"make image in {time.monotonic() - t1:.1f}s")
         self.image = tag
         return tag
 
