@@ -80,9 +80,10 @@ rootfs: sysdeps
 	packaging/rootfs.sh $(ROOTFS)
 
 # The container image. Its build context is build/image: the Containerfile and
-# dist/, which holds wheels of the checkout (Aeterna and its SDK). The base is
-# never pulled: it must be here already (docker pull, or docker import of
-# build/rootfs/bookworm.tar as the tests do).
+# dist/, which holds wheels of the checkout (Aeterna and its SDK). A base that
+# is here is used as it is (podman: --pull=never; docker's builder has no
+# "never", and pulls a base only when it is missing): the tests import
+# build/rootfs/bookworm.tar as theirs.
 BASE      ?= debian:bookworm-slim
 IMAGE     ?= aeterna:latest
 ENGINE    ?=
