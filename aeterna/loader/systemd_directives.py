@@ -143,27 +143,17 @@ def _set(bucket: str, name: str, conv: Callable[[str], Any] = str) -> Handler:
     return handler
 
 
-def _append(bucket: str, name: str, conv: Callable[[str], Any] = str) -> Handler:
-    """A list: each assignment adds one value, an empty one empties the list."""
+def _append(bucket: str, name: str, conv: Callable[[str], Any] = str,
+            words: bool = False) -> Handler:
+    """A list: each assignment adds one value (``words``: each of its space-separated
+    words), an empty one empties the list."""
     def handler(d: Draft, e: Entry, v: str) -> None:
         store: dict[str, Any] = getattr(d, bucket)
         if v == "":
             store.pop(name, None)
             return
         values, _first = store.get(name, ([], e))
-        store[name] = ([*values, conv(v)], e)
-    return handler
-
-
-def _paths(bucket: str, name: str) -> Handler:
-    """A space-separated list of absolute paths; each assignment adds, an empty one empties."""
-    def handler(d: Draft, e: Entry, v: str) -> None:
-        store: dict[str, Any] = getattr(d, bucket)
-        if v == "":
-            store.pop(name, None)
-            return
-        values, _first = store.get(name, ([], e))
-        store[name] = ([*values, *(absolute_path(p) for p in v.split())], e)
+        store[name] = ([*values, *(conv(w) for w in (v.split() if words else [v]))], e)
     return handler
 
 
@@ -392,7 +382,7 @@ AETERNA: dict[str, tuple[Handler, bool]] = {
     "OnSuccess": (_exec("OnSuccess"), True),
     "OnFailure": (_exec("OnFailure"), True),
     # Relay when files change (orchestration.watch of a YAML unit).
-    "WatchPaths": (_paths(OR, "watch"), True),
+    "WatchPaths": (_append(OR, "watch", absolute_path, words=True), True),
     "WatchDebounceSec": (_set(OR, "watch_debounce", DURATION), False),
     # Observability (the YAML unit's observability block).
     "MetricsAddress": (_set(OR, "metrics_port", parse_metrics_address), False),

@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,13 +106,15 @@ class Engine:
         return tag
 
 
-def _wait_for(pred: object, timeout: float, what: str) -> None:
+def wait_for(pred: Callable[[], bool], timeout: float, what: str,
+             error: type[Exception] = AssertionError) -> None:
+    """Poll ``pred`` every 0.1 s until it holds; raise ``error`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
+        if pred():
             return
         time.sleep(0.1)
-    raise Unavailable(f"{what} within {timeout:.0f}s")
+    raise error(f"{what} within {timeout:.0f}s")
 
 
 class DockerDaemon:
@@ -150,7 +153,7 @@ class DockerDaemon:
             return engine("version", timeout=10, check=False).returncode == 0
 
         try:
-            _wait_for(answers, 60, "dockerd did not answer")
+            wait_for(answers, 60, "dockerd did not answer", Unavailable)
         except Unavailable:
             self.stop()
             raise

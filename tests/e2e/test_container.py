@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 from loadgen import LoadGen
-from runtimes import ROOT, DockerDaemon, Engine, Unavailable, podman, relay_pids
+from runtimes import ROOT, DockerDaemon, Engine, Unavailable, podman, relay_pids, wait_for
 
 pytestmark = [pytest.mark.container, pytest.mark.timeout(900)]
 
@@ -100,15 +100,6 @@ def _get(port: int, path: str = "/", timeout: float = 5.0) -> tuple[int, bytes]:
         conn.close()
 
 
-def _wait(pred: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{what} within {timeout:.0f}s")
-
-
 def _serving(port: int) -> bool:
     try:
         return _get(port, timeout=1)[0] == 200
@@ -143,8 +134,8 @@ def _scenario(engine: Engine, tmp: Path, reloads: int = 10, hups: int = 5) -> No
            "-v", f"{units}:/etc/aeterna/units:ro", "-v", f"{HELLO}:/srv/hello:ro",
            engine.image)
     try:
-        _wait(lambda: _serving(port), 60, "the web unit did not answer")
-        _wait(lambda: f"orphaned {ORPHANS}" in engine.logs(name), 30, "no orphans")
+        wait_for(lambda: _serving(port), 60, "the web unit did not answer")
+        wait_for(lambda: f"orphaned {ORPHANS}" in engine.logs(name), 30, "no orphans")
         first = int(re.findall(rb"pid (\d+)", _get(port)[1])[0])
         print(f"{engine.name}: serving {time.monotonic() - t0:.1f}s after run")
 
@@ -162,7 +153,7 @@ def _scenario(engine: Engine, tmp: Path, reloads: int = 10, hups: int = 5) -> No
         for _ in range(hups):
             before = len(relay_pids(engine.logs(name)))
             engine("kill", "-s", "HUP", name)
-            _wait(lambda n=before: len(relay_pids(engine.logs(name))) > n, 30,  # type: ignore[misc]
+            wait_for(lambda n=before: len(relay_pids(engine.logs(name))) > n, 30,  # type: ignore[misc]
                   "SIGHUP gave no relay")
             pids.append(relay_pids(engine.logs(name))[-1])
         load.wait_for(50, timeout=30)
@@ -179,7 +170,7 @@ def _scenario(engine: Engine, tmp: Path, reloads: int = 10, hups: int = 5) -> No
         assert zombies == "0", f"{zombies} zombies in the container"
         health: list[str] = []
         try:
-            _wait(lambda: _healthy(engine, name, health), 40, "the health check never passed")
+            wait_for(lambda: _healthy(engine, name, health), 40, "the health check never passed")
         except AssertionError as exc:
             raise AssertionError(f"{exc}: {health[-1:]}") from None
 
@@ -194,7 +185,7 @@ def _scenario(engine: Engine, tmp: Path, reloads: int = 10, hups: int = 5) -> No
         seen = engine.logs(name).count("slow request")
         t = threading.Thread(target=slow_request, daemon=True)
         t.start()
-        _wait(lambda: engine.logs(name).count("slow request") > seen, 10,
+        wait_for(lambda: engine.logs(name).count("slow request") > seen, 10,
               "the slow request never reached the app")
         load = LoadGen(port, threads=2, keepalive=1, max_duration=60, max_requests=100_000,
                        timeout=15, pause=0.01).start()
