@@ -12,6 +12,9 @@
 #   make lint    ruff, mypy and the layers' import contracts (import-linter)
 #   make deb     the Debian packages, in build/deb/ (cached: rebuilt when sources change)
 #   make deb-check  lintian and piuparts on them (piuparts is slow)
+#   make image   the container image (packaging/container/Containerfile), with docker
+#                or podman, whichever is here (DOCKER_HOST is honoured):
+#                make image BASE=REF IMAGE=NAME:TAG [ENGINE=docker|podman]
 #   make clean   remove the venv, caches and build output
 
 SHELL := /bin/bash
@@ -43,10 +46,10 @@ TEST_DEPS_NO_SYSTEMD := import tomllib; \
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help demo test lint bench clean sysdeps venv rootfs deb deb-check
+.PHONY: help demo test lint bench clean sysdeps venv rootfs deb deb-check image
 
 help:
-	@echo "targets: demo test lint bench deb deb-check clean sysdeps"
+	@echo "targets: demo test lint bench deb deb-check image clean sysdeps"
 
 # --------------------------------------------------------------------------- system packages
 # Cheap when everything is there: a single dpkg-query call.
@@ -92,6 +95,34 @@ deb: sysdeps
 deb-check: deb rootfs
 	lintian --fail-on warning $(DEB_DIR)/aeterna_*.deb $(DEB_DIR)/python3-aeterna-sdk_*.deb
 	packaging/deb/piuparts.sh $(ROOTFS) $(DEB_DIR)
+
+# The container image. Its build context is build/image: the Containerfile and
+# dist/, which holds the Debian packages of the checkout (`make deb`). A base that
+# is here is used as it is (podman: --pull=never; docker's builder has no
+# "never", and pulls a base only when it is missing): the tests import
+# build/rootfs/bookworm.tar as theirs.
+BASE      ?= debian:bookworm-slim
+IMAGE     ?= aeterna:latest
+ENGINE    ?=
+IMAGE_CTX := build/image
+
+image: deb
+	rm -rf $(IMAGE_CTX) && mkdir -p $(IMAGE_CTX)/dist
+	cp $(DEB_DIR)/aeterna_*.deb $(DEB_DIR)/python3-aeterna-sdk_*_all.deb $(IMAGE_CTX)/dist/
+	cp packaging/container/Containerfile $(IMAGE_CTX)/Containerfile
+	@engine="$(ENGINE)"; \
+	if [ -z "$$engine" ]; then \
+	    if command -v docker >/dev/null 2>&1; then engine=docker; \
+	    elif command -v podman >/dev/null 2>&1; then engine=podman; \
+	    else echo "image: neither docker nor podman is installed"; exit 3; fi; \
+	fi; \
+	case "$$engine" in \
+	    docker) pull="--pull=false"; export DOCKER_BUILDKIT=0;; \
+	    *) pull="--pull=never --format=docker";; \
+	esac; \
+	echo "image: $$engine build $(IMAGE) from $(BASE)"; \
+	$$engine build $$pull --network=host --build-arg BASE=$(BASE) -t $(IMAGE) \
+	    -f $(IMAGE_CTX)/Containerfile $(IMAGE_CTX)
 
 # --------------------------------------------------------------------------- virtualenv
 # Debian's python3 has no ensurepip until python3-venv is installed.

@@ -256,6 +256,10 @@ class Orchestration:
     max_draining: int = 1
     on_success: tuple[tuple[str, ...], ...] = ()
     on_failure: tuple[tuple[str, ...], ...] = ()
+    # Absolute paths whose change relays the unit (reloads, when unit files changed),
+    # once the changes have been quiet for watch_debounce seconds.
+    watch: tuple[str, ...] = ()
+    watch_debounce: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

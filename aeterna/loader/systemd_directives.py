@@ -143,15 +143,17 @@ def _set(bucket: str, name: str, conv: Callable[[str], Any] = str) -> Handler:
     return handler
 
 
-def _append(bucket: str, name: str, conv: Callable[[str], Any] = str) -> Handler:
-    """A list: each assignment adds one value, an empty one empties the list."""
+def _append(bucket: str, name: str, conv: Callable[[str], Any] = str,
+            words: bool = False) -> Handler:
+    """A list: each assignment adds one value (``words``: each of its space-separated
+    words), an empty one empties the list."""
     def handler(d: Draft, e: Entry, v: str) -> None:
         store: dict[str, Any] = getattr(d, bucket)
         if v == "":
             store.pop(name, None)
             return
         values, _first = store.get(name, ([], e))
-        store[name] = ([*values, conv(v)], e)
+        store[name] = ([*values, *(conv(w) for w in (v.split() if words else [v]))], e)
     return handler
 
 
@@ -379,6 +381,9 @@ AETERNA: dict[str, tuple[Handler, bool]] = {
     "MaxDraining": (_set(OR, "max_draining", whole_number(1, 1000)), False),
     "OnSuccess": (_exec("OnSuccess"), True),
     "OnFailure": (_exec("OnFailure"), True),
+    # Relay when files change (orchestration.watch of a YAML unit).
+    "WatchPaths": (_append(OR, "watch", absolute_path, words=True), True),
+    "WatchDebounceSec": (_set(OR, "watch_debounce", DURATION), False),
     # Observability (the YAML unit's observability block).
     "MetricsAddress": (_set(OR, "metrics_port", parse_metrics_address), False),
     "LogLevel": (_set(OR, "log_level", log_level), False),

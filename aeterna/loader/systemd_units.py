@@ -442,4 +442,6 @@ def finish_orchestration(d: Draft) -> Orchestration:
         startup_timeout=o.get("startup_timeout", 0.0), drain=drain,
         max_draining=o.get("max_draining", 1),
         on_success=tuple(c.argv for c, _e in d.execs.get("OnSuccess", [])),
-        on_failure=tuple(c.argv for c, _e in d.execs.get("OnFailure", [])))
+        on_failure=tuple(c.argv for c, _e in d.execs.get("OnFailure", [])),
+        watch=tuple(o.get("watch", ())),
+        watch_debounce=o.get("watch_debounce", Orchestration().watch_debounce))

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from .yaml_units import _Doc
 
 _KEYS = ("strategy", "canary", "state_handoff", "pre_flight", "startup", "drain",
-         "max_draining", "post_process")
+         "max_draining", "post_process", "watch", "watch_debounce")
 
 
 def orchestration(doc: _Doc, node: yaml.Node) -> Orchestration:
@@ -65,7 +65,19 @@ def orchestration(doc: _Doc, node: yaml.Node) -> Orchestration:
             if key in pp:
                 nodes = doc.seq(pp[key][1], f"{q}.{key}")
                 kw[key] = tuple(doc.argv(n, f"{q}.{key}[{i}]") for i, n in enumerate(nodes))
+    if "watch" in m:
+        kw["watch"] = tuple(_absolute(doc, n, f"{p}.watch[{i}]")
+                            for i, n in enumerate(doc.seq(m["watch"][1], f"{p}.watch")))
+    if "watch_debounce" in m:
+        kw["watch_debounce"] = doc.duration(m["watch_debounce"][1], f"{p}.watch_debounce")
     return Orchestration(**kw)
+
+
+def _absolute(doc: _Doc, node: yaml.Node, q: str) -> str:
+    path = doc.text(node, q, empty=False)
+    if not path.startswith("/"):
+        raise doc.error(node, q, 'an absolute path like "/etc/app/config"')
+    return path
 
 
 def _canary(doc: _Doc, node: yaml.Node, q: str) -> Canary:

@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from ..relay.coordinator import Coordinator
     from ..relay.relay import Outcome
     from ..relay.srp import SrpUnit
+    from .watching import Watcher
 
 # Variables that describe *our* activation and must never leak to a child.
 _PRIVATE_ENV = ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES", "LISTEN_PIDFDID",
@@ -74,6 +75,7 @@ class Manager:
         log.set_unit_levels({u.name: u.observability.log_level for u in loaded.units})
         self.relays: Coordinator | None = None  # loaded by the first relay
         self.srp: dict[str, SrpUnit] = {}  # loaded by units that enable SRP
+        self.watcher: Watcher | None = None  # loaded by the first unit with watch paths
         self.port = RelayPort(self)  # what the relay layer holds instead of the manager
         self.base_env = {k: v for k, v in os.environ.items() if k not in _PRIVATE_ENV}
         # Started by systemd: our own notify socket and listeners (manager/upward.py).
@@ -123,6 +125,7 @@ class Manager:
         for runtime in self.units.values():
             self.bind_unit(runtime)
             self.srp_for(runtime, runtime.spec)
+        self.watch_paths([r.spec for r in self.units.values()])
         if self.surfaces is not None:
             await self.surfaces.start()
             await self.surfaces.sync([r.spec for r in self.units.values()])
@@ -226,6 +229,8 @@ class Manager:
                 runtime.fdstore.close()
         for srp in self.srp.values():
             srp.close()
+        if self.watcher is not None:
+            self.watcher.close()
 
     # ------------------------------------------------------------- the reaper
     def _on_sigchld(self) -> None:
@@ -402,6 +407,7 @@ class Manager:
         self.log.set_unit_levels({u.name: u.observability.log_level for u in new.values()})
         if self.surfaces is not None:
             self.background(self.surfaces.sync(list(new.values())))
+        self.watch_paths(list(new.values()))
         if d.added and not self.shutting_down:
             self._add_units([new[n] for n in d.added])
         relayed: list[str] = []
@@ -429,6 +435,16 @@ class Manager:
         if futures:
             await asyncio.gather(*futures, return_exceptions=True)
         upward.reloaded(self.summary())
+
+    def watch_paths(self, specs: list[UnitSpec]) -> None:
+        """Watch the paths these definitions name (``orchestration.watch``)."""
+        if self.watcher is None:
+            if not any(s.orchestration.watch for s in specs):
+                return
+            from .watching import Watcher  # loaded by the first unit that watches
+
+            self.watcher = Watcher(self)
+        self.watcher.sync(specs)
 
     def _add_units(self, specs: list[UnitSpec]) -> None:
         """Bind and start the units of new files, as at boot.

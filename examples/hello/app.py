@@ -2,13 +2,22 @@
 
 It takes its listening socket from LISTEN_FDS (fd 3) when it is given one, or
 binds 127.0.0.1:8080 itself, and tells the manager it is ready with sd_notify
-when NOTIFY_SOCKET is set. It answers every GET with its pid and generation.
+when NOTIFY_SOCKET is set. It answers every GET with its pid and generation
+(``/slow?s=N`` after N seconds, at most 30).
+
+SIGTERM (a stop, or the drain of a hot relay) is graceful: it stops accepting,
+finishes the requests it holds, then exits 0. The listening socket stays open
+in the manager, so what it no longer accepts waits for the next generation.
 """
 
 import http.server
 import os
+import signal
 import socket
 import socketserver
+import threading
+import time
+import urllib.parse
 
 
 def listener() -> socket.socket:
@@ -35,6 +44,11 @@ def notify(message: str) -> None:
 
 class Handler(http.server.BaseHTTPRequestHandler):
     def do_GET(self) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        if url.path == "/slow":
+            seconds = urllib.parse.parse_qs(url.query).get("s", ["1"])[0]
+            print(f"slow request: {seconds}s", flush=True)
+            time.sleep(min(30.0, max(0.0, float(seconds))))
         body = (f"hello from pid {os.getpid()}, generation "
                 f"{os.environ.get('AETERNA_GENERATION', '-')}\n").encode()
         self.send_response(200)
@@ -48,7 +62,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
 
 class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
-    daemon_threads = True
+    daemon_threads = False  # server_close() joins the requests in hand
+    block_on_close = True
 
     def __init__(self, sock: socket.socket):
         super().__init__(sock.getsockname()[:2], Handler, bind_and_activate=False)
@@ -59,5 +74,11 @@ if __name__ == "__main__":
     server = Server(listener())
     host, port = server.socket.getsockname()[:2]
     print(f"serving on http://{host}:{port}/", flush=True)
+    # shutdown() waits for serve_forever() to return: call it from another thread.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     notify("READY=1\nSTATUS=serving")
     server.serve_forever()
+    print("stopping: finishing the requests in hand", flush=True)
+    notify("STOPPING=1")
+    server.server_close()
+    print("stopped", flush=True)
