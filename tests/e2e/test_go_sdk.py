@@ -1,0 +1,121 @@
+"""The Go SDK (sdk/go): its own tests, and examples/go-counter under a real manager.
+
+``go test ./...`` runs the SDK's unit tests and the shared wire examples
+(sdk/testdata/srp-wire.json) against the Go parser. Then the counter, a
+stateful HTTP service (POST adds one, GET answers ``COUNT PID``), goes through
+20 hot relays while clients POST without pause: not one request may fail, and
+the count at the end must be the number of POSTs answered 200, so no
+acknowledged increment was lost (or counted twice) across 20 SRP handoffs.
+Then the same state goes from the Go program to its Python twin
+(examples/go-counter/counter.py, on the Python SDK) and back: SRP is one protocol.
+"""
+
+from __future__ import annotations
+
+import http.client
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import ROOT, free_port
+from polyglot import BUILD, build_go, go_env, need, relays_under_load, rewrite, unit_yaml
+
+EXAMPLE = ROOT / "examples" / "go-counter"
+UNIT = "counter"
+
+
+def test_go_sdk_unit_tests_and_shared_wire_examples() -> None:
+    go = need("go", "Debian's golang-go builds sdk/go")
+    r = subprocess.run([go, "test", "-count=1", "-v", "./..."], cwd=ROOT / "sdk" / "go",
+                       env=go_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    passed = r.stdout.count("--- PASS")
+    assert "--- FAIL" not in r.stdout and passed >= 15, r.stdout
+    assert "--- PASS: TestSharedWireRecords" in r.stdout, r.stdout
+
+
+@pytest.fixture(scope="module")
+def go_counter() -> Path:
+    return build_go(EXAMPLE, BUILD / "go-counter")
+
+
+def get(port: int) -> tuple[int, int]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/")
+        body = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    count, pid = body.split()
+    return int(count), int(pid)
+
+
+def go_unit(binary: Path, port: int) -> str:
+    return unit_yaml(UNIT, [str(binary)], port, srp=True)
+
+
+def py_unit(port: int) -> str:
+    return unit_yaml(UNIT, [sys.executable, str(EXAMPLE / "counter.py")], port, srp=True)
+
+
+def start(aeterna: Any, text: str) -> Any:
+    m = aeterna({f"{UNIT}.yaml": text})
+    m.wait_ready(15)
+    m.wait_status(UNIT, lambda st: st["state"] == "active", timeout=20)
+    return m
+
+
+def test_go_counter_through_20_relays_under_load_keeps_every_increment(
+        aeterna: Any, go_counter: Path) -> None:
+    port = free_port()
+    m = start(aeterna, go_unit(go_counter, port))
+    summary, results = relays_under_load(m, UNIT, port, 20, method="POST", srp=True)
+    print(f"go-counter, 20 relays: {summary.describe()}")
+    assert summary.requests > 0 and summary.failed == 0, summary.describe()
+    assert [r["relay"]["generation"] for r in results] == list(range(2, 22))
+    assert len(summary.gens) >= 20, summary.describe()
+    count, pid = get(port)
+    assert count == summary.ok, f"{summary.ok} POSTs answered, the count is {count}"
+    assert pid == results[-1]["relay"]["new_pid"]
+    assert m.count(r"srp\.handoff .*outcome=ok") == 20
+    assert m.count(r"go-counter gen=21: state loaded") == 1
+
+
+def test_state_goes_from_go_to_python_and_back(aeterna: Any, go_counter: Path) -> None:
+    """Go N hands {"count": N} to a Python N+1 (the Python SDK), which hands it
+    back to Go, twice over, under load: same protocol, same state."""
+    port = free_port()
+    m = start(aeterna, go_unit(go_counter, port))
+    order = ["python", "go", "python", "go"]
+
+    def switch(i: int) -> None:
+        rewrite(m, UNIT, py_unit(port) if order[i] == "python" else go_unit(go_counter, port))
+
+    summary, results = relays_under_load(m, UNIT, port, len(order), method="POST", srp=True,
+                                         between=switch)
+    print(f"go <-> python: {summary.describe()}")
+    assert summary.requests > 0 and summary.failed == 0, summary.describe()
+    count, _ = get(port)
+    assert count == summary.ok, f"{summary.ok} POSTs answered, the count is {count}"
+    for gen, lang in zip(range(2, 6), order, strict=True):
+        who = "py-counter" if lang == "python" else "go-counter"
+        m.wait_line(rf"{who} gen={gen}: state loaded: count=\d+", timeout=5)
+    assert m.count(r"srp\.handoff .*outcome=ok") == len(order)
+
+
+def test_go_counter_restart_continues_from_the_checkpoint_left_at_stop(
+        aeterna: Any, go_counter: Path) -> None:
+    """SIGTERM while holding the state: SaveContext leaves an unsolicited
+    checkpoint (STATE=1 without SEQ) and the next start loads it (docs/srp.md §6)."""
+    port = free_port()
+    m = start(aeterna, go_unit(go_counter, port))
+    for _ in range(7):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("POST", "/")
+        assert conn.getresponse().status == 200
+        conn.close()
+    assert m.ctl("restart", UNIT, timeout=30)["ok"]
+    m.wait_line(r"go-counter gen=2: state loaded: count=7", timeout=15)
+    assert get(port)[0] == 7
