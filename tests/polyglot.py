@@ -38,7 +38,8 @@ def go_env() -> dict[str, str]:
 
 def unit_yaml(name: str, command: list[str], port: int, *, notify: bool = True,
               srp: bool = False, stdin_socket: bool = False, soak: str = "300ms",
-              env: dict[str, str] | None = None, start: str = "30s") -> str:
+              env: dict[str, str] | None = None, start: str = "30s",
+              notify_access: str | None = None) -> str:
     """A hot-relay unit on one loopback socket (values dumped as JSON: YAML flow style)."""
     service: dict[str, Any] = {
         "name": name, "command": command, "type": "notify" if notify else "simple",
@@ -48,6 +49,8 @@ def unit_yaml(name: str, command: list[str], port: int, *, notify: bool = True,
     }
     if stdin_socket:
         service["stdin"] = "socket"
+    if notify_access:
+        service["notify_access"] = notify_access
     orch: dict[str, Any] = {"strategy": "hot-relay", "startup": {"timeout": start},
                             "canary": {"soak_time": soak},
                             "drain": {"timeout": "15s", "signal": "SIGTERM"}}
