@@ -11,6 +11,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"log"
 	"net"
@@ -25,24 +26,63 @@ import (
 	aeterna "aeterna.dev/sdk"
 )
 
+// counter is the state: an int64 in memory or, with COUNTER_ARENA=1, the
+// first 8 bytes of a sealed memfd arena that moves to the next generation
+// without a copy (FORMAT=arena).
 type counter struct {
 	mu    sync.Mutex
 	count int64
+	arena *aeterna.Arena
 	gen   int
+}
+
+func (c *counter) add() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.arena != nil {
+		b := c.arena.Bytes()
+		n := int64(binary.LittleEndian.Uint64(b)) + 1
+		binary.LittleEndian.PutUint64(b, uint64(n))
+		return n
+	}
+	c.count++
+	return c.count
+}
+
+func (c *counter) get() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.arena != nil {
+		return int64(binary.LittleEndian.Uint64(c.arena.Bytes()))
+	}
+	return c.count
+}
+
+func (c *counter) set(n int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.arena != nil {
+		binary.LittleEndian.PutUint64(c.arena.Bytes(), uint64(n))
+	} else {
+		c.count = n
+	}
+}
+
+// checkpoint is the state to hand over: {"count": N}, or the arena itself.
+func (c *counter) checkpoint() (aeterna.Checkpoint, error) {
+	if c.arena != nil {
+		return aeterna.Checkpoint{Format: "arena", Schema: aeterna.NoSchema}, nil
+	}
+	return aeterna.JSONCheckpoint(map[string]int64{"count": c.get()})
 }
 
 func (c *counter) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.Method {
 	case http.MethodPost:
-		c.mu.Lock()
-		c.count++
-		n := c.count
-		c.mu.Unlock()
+		n := c.add()
 		fmt.Fprintf(w, "%d %d gen=%d\n", n, os.Getpid(), c.gen)
 	case http.MethodGet:
-		c.mu.Lock()
-		n := c.count
-		c.mu.Unlock()
+		n := c.get()
 		fmt.Fprintf(w, "%d %d\n", n, os.Getpid())
 	default:
 		http.Error(w, "GET or POST", http.StatusMethodNotAllowed)
@@ -94,6 +134,12 @@ type saved struct {
 }
 
 func decode(st *aeterna.State) (int64, error) {
+	if st.Format == "arena" {
+		if a := st.Arenas["count"]; a != nil && a.Writable() && a.Size() >= 8 {
+			return int64(binary.LittleEndian.Uint64(a.Bytes())), nil
+		}
+		return 0, fmt.Errorf("no writable arena called count")
+	}
 	var v saved
 	if err := st.JSON(&v); err != nil {
 		return 0, err
@@ -133,8 +179,12 @@ func main() {
 	})
 	switch {
 	case st != nil:
-		c.count, _ = decode(st)
-		log.Printf("%s: state loaded: count=%d", prefix, c.count)
+		if a := st.Arenas["count"]; st.Format == "arena" {
+			c.arena = a // N's live memory, now ours: nothing was copied
+		}
+		n, _ := decode(st)
+		c.set(n)
+		log.Printf("%s: state loaded: count=%d format=%s", prefix, n, st.Format)
 	case err != nil || (client.SRPRequired() && client.LoadError() != "none"):
 		// required: true and no state: serving now would lose what we acknowledge.
 		log.Printf("%s: no state (%s): waiting to be stopped", prefix, client.LoadError())
@@ -143,32 +193,44 @@ func main() {
 	default:
 		log.Printf("%s: starting cold (%s)", prefix, client.LoadError())
 	}
+	if os.Getenv("COUNTER_ARENA") == "1" && c.arena == nil {
+		a, err := aeterna.NewArena("count", 4096)
+		if err != nil {
+			log.Fatalf("%s: %v", prefix, err)
+		}
+		n := c.get()
+		c.arena = a
+		c.set(n)
+	}
+	if c.arena != nil {
+		client.ShareArena("count", c.arena)
+	}
 
 	client.OnCheckpoint(func(reason string) (aeterna.Checkpoint, error) {
 		srv.stop() // no new work, in-flight requests done: the count is final
-		c.mu.Lock()
-		n := c.count
-		c.mu.Unlock()
-		log.Printf("%s: checkpoint (%s): count=%d", prefix, reason, n)
-		return aeterna.JSONCheckpoint(map[string]int64{"count": n})
+		log.Printf("%s: checkpoint (%s): count=%d", prefix, reason, c.get())
+		return c.checkpoint()
 	}, nil, func(st *aeterna.State) error {
 		if st != nil {
 			n, err := decode(st)
 			if err != nil {
 				return err
 			}
-			c.mu.Lock()
-			c.count = n
-			c.mu.Unlock()
+			if a := st.Arenas["count"]; st.Format == "arena" {
+				c.mu.Lock()
+				c.arena = a
+				c.mu.Unlock()
+			}
+			c.set(n)
 		}
-		log.Printf("%s: RESUME: serving again: count=%d", prefix, c.count)
+		log.Printf("%s: RESUME: serving again: count=%d", prefix, c.get())
 		return srv.start()
 	})
 	if err := srv.start(); err != nil {
 		log.Fatalf("%s: %v", prefix, err)
 	}
-	client.Ready("serving count=" + strconv.FormatInt(c.count, 10))
-	log.Printf("%s: serving: count=%d", prefix, c.count)
+	client.Ready("serving count=" + strconv.FormatInt(c.get(), 10))
+	log.Printf("%s: serving: count=%d", prefix, c.get())
 
 	waitForSignal()
 	client.Stopping()
@@ -176,12 +238,9 @@ func main() {
 		// Stopped while holding the state: leave it with the manager (a restart,
 		// or a new manager with persist_dir, goes on from it).
 		srv.stop()
-		c.mu.Lock()
-		n := c.count
-		c.mu.Unlock()
-		cp, _ := aeterna.JSONCheckpoint(map[string]int64{"count": n})
-		if client.SaveContext(cp, false) {
-			log.Printf("%s: left a checkpoint: count=%d", prefix, n)
+		cp, _ := c.checkpoint()
+		if client.SaveContext(cp, true) {
+			log.Printf("%s: left a checkpoint: count=%d", prefix, c.get())
 		}
 	}
 	client.Close()
