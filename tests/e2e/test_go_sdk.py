@@ -1,7 +1,7 @@
 """The Go SDK (sdk/go): its own tests, and examples/go-counter under a real manager.
 
-``go test ./...`` runs the SDK's unit tests and the shared wire examples
-(sdk/testdata/srp-wire.json) against the Go parser. Then the counter, a
+``go vet``, ``gofmt -l`` and ``go test ./...`` run the SDK's unit tests and
+the shared wire examples (sdk/testdata/srp-wire.json) against the Go parser. Then the counter, a
 stateful HTTP service (POST adds one, GET answers ``COUNT PID``), goes through
 20 hot relays while clients POST without pause: not one request may fail, and
 the count at the end must be the number of POSTs answered 200, so no
@@ -28,6 +28,17 @@ UNIT = "counter"
 
 def test_go_sdk_unit_tests_and_shared_wire_examples() -> None:
     go = need("go", "Debian's golang-go builds sdk/go")
+    for tree in (ROOT / "sdk" / "go", EXAMPLE):
+        vet = subprocess.run([go, "vet", "./..."], cwd=tree, env=go_env(), capture_output=True,
+                             text=True, timeout=300)
+        assert vet.returncode == 0, vet.stdout + vet.stderr
+        fmt = subprocess.run([go, "fmt", "-n", "./..."], cwd=tree, env=go_env(),
+                             capture_output=True, text=True, timeout=60)
+        gofmt = fmt.stdout.split()[0] if fmt.returncode == 0 and fmt.stdout else ""
+        if gofmt:
+            unformatted = subprocess.run([gofmt, "-l", "."], cwd=tree, capture_output=True,
+                                         text=True, timeout=60).stdout.strip()
+            assert not unformatted, f"not gofmt-ed: {unformatted}"
     r = subprocess.run([go, "test", "-count=1", "-v", "./..."], cwd=ROOT / "sdk" / "go",
                        env=go_env(), capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
