@@ -8,13 +8,18 @@ the count at the end must be the number of POSTs answered 200, so no
 acknowledged increment was lost (or counted twice) across 20 SRP handoffs.
 Then the same state goes from the Go program to its Python twin
 (examples/go-counter/counter.py, on the Python SDK) and back: SRP is one protocol.
+The count also moves as a memfd arena (no copy), and ``tests/apps/go-conns``
+hands 20 live TCP connections to the next generation.
 """
 
 from __future__ import annotations
 
 import http.client
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +28,13 @@ from conftest import ROOT, free_port
 from polyglot import BUILD, build_go, go_env, need, relays_under_load, rewrite, unit_yaml
 
 EXAMPLE = ROOT / "examples" / "go-counter"
+CONNS = ROOT / "tests" / "apps" / "go-conns"
 UNIT = "counter"
 
 
 def test_go_sdk_unit_tests_and_shared_wire_examples() -> None:
     go = need("go", "Debian's golang-go builds sdk/go")
-    for tree in (ROOT / "sdk" / "go", EXAMPLE):
+    for tree in (ROOT / "sdk" / "go", EXAMPLE, CONNS):
         vet = subprocess.run([go, "vet", "./..."], cwd=tree, env=go_env(), capture_output=True,
                              text=True, timeout=300)
         assert vet.returncode == 0, vet.stdout + vet.stderr
@@ -157,3 +163,61 @@ def test_go_counter_arena_moves_to_n1_without_a_copy(aeterna: Any, go_counter: P
     assert count == summary.ok, f"{summary.ok} POSTs answered, the count is {count}"
     assert pid != first and arena_inode(pid) == inode
     assert m.count(r"go-counter gen=\d+: state loaded: count=\d+ format=arena") == 3
+
+
+@pytest.fixture(scope="module")
+def go_conns() -> Path:
+    return build_go(CONNS, BUILD / "go-conns")
+
+
+def exchange(conn: socket.socket, f: Any) -> tuple[str, int, int]:
+    """One line out, one answer back: (name, n, gen)."""
+    conn.sendall(b"x\n")
+    line = f.readline()
+    assert line, "the connection ended"
+    name, n, gen = (part.split("=")[1] for part in line.split())
+    return name, int(n), int(gen)
+
+
+def test_live_connections_move_to_n1_with_the_peer_connected(aeterna: Any,
+                                                             go_conns: Path) -> None:
+    """HandoffConnections (*net.TCPConn out) and AdoptedConnections (net.Conn in)
+    under a real manager: 20 connections stay open through a relay, each keeps
+    its count, and afterwards N+1 answers on every one of them."""
+    port = free_port()
+    m = start(aeterna, unit_yaml(UNIT, [str(go_conns)], port, srp=True))
+    conns = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(20)]
+    files = [c.makefile("r") for c in conns]
+    counts: dict[str, int] = {}
+    names = []
+    for c, f in zip(conns, files, strict=True):
+        for _ in range(3):
+            name, n, gen = exchange(c, f)
+            assert gen == 1
+        counts[name] = n
+        names.append(name)
+    # One connection keeps talking during the relay: it is never refused or reset.
+    stop = threading.Event()
+    talked: list[tuple[int, int]] = []
+
+    def talk() -> None:
+        while not stop.is_set():
+            _, n, gen = exchange(conns[0], files[0])
+            talked.append((n, gen))
+            time.sleep(0.005)
+
+    t = threading.Thread(target=talk, daemon=True)
+    t.start()
+    reply = m.ctl("reload", UNIT, timeout=60)
+    stop.set()
+    t.join(10)
+    assert reply["ok"] and reply["result"]["outcome"] == "promoted", reply
+    assert reply["result"]["relay"]["handoff"] == "ok", reply
+    assert [n for n, _ in talked] == list(range(4, 4 + len(talked))), talked
+    counts[names[0]] += len(talked)
+    for c, f, name in zip(conns, files, names, strict=True):
+        got, n, gen = exchange(c, f)
+        assert (got, n, gen) == (name, counts[name] + 1, 2)
+    m.wait_line(r"go-conns gen=2: adopted 20 connections", timeout=5)
+    for c in conns:
+        c.close()
