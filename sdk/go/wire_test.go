@@ -40,9 +40,9 @@ type examples struct {
 	} `json:"notify"`
 }
 
-func loadExamples(t *testing.T) examples {
+func readExamples(t *testing.T, path string) examples {
 	t.Helper()
-	raw, err := os.ReadFile(filepath.Join("..", "testdata", "srp-wire.json"))
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -50,8 +50,23 @@ func loadExamples(t *testing.T) examples {
 	if err := json.Unmarshal(raw, &ex); err != nil {
 		t.Fatal(err)
 	}
+	return ex
+}
+
+func loadExamples(t *testing.T) examples {
+	t.Helper()
+	ex := readExamples(t, filepath.Join("..", "testdata", "srp-wire.json"))
 	if len(ex.Records) < 20 || len(ex.Formats) == 0 || len(ex.Notify) == 0 {
 		t.Fatalf("too few examples: %d records", len(ex.Records))
+	}
+	if extra := os.Getenv("AETERNA_WIRE_EXAMPLES"); extra != "" {
+		// Random records with the outcomes the manager's parser gave them
+		// (tests/e2e/test_go_sdk.py writes them): a differential test.
+		more := readExamples(t, extra).Records
+		if len(more) == 0 {
+			t.Fatalf("no records in %s", extra)
+		}
+		ex.Records = append(ex.Records, more...)
 	}
 	return ex
 }
@@ -59,13 +74,13 @@ func loadExamples(t *testing.T) examples {
 func TestSharedWireRecords(t *testing.T) {
 	for _, rec := range loadExamples(t).Records {
 		var data []byte
-		if rec.Hex != "" {
+		if rec.Text != nil {
+			data = []byte(*rec.Text)
+		} else {
 			var err error
 			if data, err = hex.DecodeString(rec.Hex); err != nil {
 				t.Fatal(rec.Name, err)
 			}
-		} else {
-			data = []byte(*rec.Text)
 		}
 		if pad := rec.PadTo - len(data); pad > 0 {
 			data = append(data, []byte(strings.Repeat("x", pad))...)
@@ -140,4 +155,46 @@ func TestSharedNotifyDatagrams(t *testing.T) {
 			t.Errorf("%s(%q): got %q, %v; want %q", ex.Call, ex.Arg, buf[:n], err, ex.Text)
 		}
 	}
+}
+
+// FuzzParse: whatever the bytes, Parse gives a WireError with a known reason
+// or a message with one verb valued 0 or 1, which formats back to itself.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("STATE=1\nSEQ=4\nFORMAT=json\n"))
+	f.Add([]byte("SEQ=3\nLOADED=0\nERROR=checksum"))
+	f.Add([]byte("STATE=1\r\n"))
+	f.Add([]byte{0x53, 0xff, 0x00})
+	reasons := map[string]bool{"too-large": true, "nul": true, "not-utf8": true,
+		"bad-line": true, "no-verb": true, "bad-verb-value": true}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		msg, err := Parse(data)
+		if err != nil {
+			if we, ok := err.(*WireError); !ok || !reasons[we.Reason] {
+				t.Fatalf("%q: %v", data, err)
+			}
+			return
+		}
+		if !isVerb(msg.Verb) || (msg.Value != "0" && msg.Value != "1") {
+			t.Fatalf("%q: %+v", data, msg)
+		}
+		var fields []Field
+		for k, v := range msg.Fields {
+			fields = append(fields, Field{k, v})
+		}
+		value := 0
+		if msg.OK() {
+			value = 1
+		}
+		again, err := Format(msg.Verb, value, fields...)
+		if err != nil {
+			if len(data) > MaxMessage-32 {
+				return // a record near the limit may not fit once reformatted
+			}
+			t.Fatalf("%q does not format back: %v", data, err)
+		}
+		back, err := Parse(again)
+		if err != nil || back.Verb != msg.Verb || back.Value != msg.Value || len(back.Fields) != len(msg.Fields) {
+			t.Fatalf("%q -> %q -> %+v, %v", data, again, back, err)
+		}
+	})
 }

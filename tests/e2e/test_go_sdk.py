@@ -15,6 +15,8 @@ hands 20 live TCP connections to the next generation.
 from __future__ import annotations
 
 import http.client
+import json
+import random
 import socket
 import subprocess
 import sys
@@ -26,6 +28,9 @@ from typing import Any
 import pytest
 from conftest import ROOT, free_port
 from polyglot import BUILD, build_go, go_env, need, relays_under_load, rewrite, unit_yaml
+
+from aeterna.wire import srp as srp_wire
+from aeterna_sdk import wire as sdk_wire
 
 EXAMPLE = ROOT / "examples" / "go-counter"
 CONNS = ROOT / "tests" / "apps" / "go-conns"
@@ -51,6 +56,67 @@ def test_go_sdk_unit_tests_and_shared_wire_examples() -> None:
     passed = r.stdout.count("--- PASS")
     assert "--- FAIL" not in r.stdout and passed >= 15, r.stdout
     assert "--- PASS: TestSharedWireRecords" in r.stdout, r.stdout
+
+
+def random_records(n: int, seed: int) -> list[bytes]:
+    """Records built from the pieces the rules are about: verbs and ordinary keys,
+    bad keys, values 0/1/other, SEQs of every shape, CR, NUL, bad UTF-8, sizes."""
+    rng = random.Random(seed)
+    keys = ["HELLO", "STATE", "LOADED", "CHECKPOINT", "RESUME", "SEQ", "FORMAT", "ERROR",
+            "state", "_", "9X"]
+    bad_keys = ["BAD KEY", "FD-NAMES", "KÉY", "", "A\r"]
+    values = ["0", "1", "", "2", "yes", "1\r", "007", "-1", "+1", "\u0661", "\u00b2",
+              "a=b", "défaut", "1" * 18, "1" * 19]
+    out = []
+    for _ in range(n):
+        lines = []
+        for _ in range(rng.randint(0, 5)):
+            roll = rng.random()
+            if roll < 0.02:
+                lines.append("noequals")
+            elif roll < 0.04:
+                lines.append(f"{rng.choice(bad_keys)}=1")
+            elif roll < 0.05:
+                lines.append("X=a\x00b")
+            else:
+                key = rng.choice(keys)
+                verb = key in srp_wire.VERBS and rng.random() < 0.7
+                lines.append(f"{key}={rng.choice('01') if verb else rng.choice(values)}")
+        data = "\n".join(lines).encode()
+        roll = rng.random()
+        if roll < 0.03:
+            data += b"\xff"
+        elif roll < 0.05:
+            data += b"x" * rng.choice([16384 - len(data), 16385 - len(data)])
+        out.append(data)
+    return out
+
+
+def test_the_go_parser_agrees_with_the_managers_on_random_records(tmp_path: Path) -> None:
+    """A differential test: 3,000 random records, each parsed by the manager; the
+    Python SDK must agree here and the Go SDK in ``go test`` (AETERNA_WIRE_EXAMPLES)."""
+    go = need("go", "Debian's golang-go builds sdk/go")
+    records = []
+    for data in random_records(3000, seed=17):
+        try:
+            msg = srp_wire.parse(data)
+        except srp_wire.SrpError as exc:
+            assert sdk_wire.parse(data) is None, data
+            records.append({"name": data[:40].hex(), "hex": data.hex(), "error": exc.reason})
+            continue
+        mine = sdk_wire.parse(data)
+        assert mine is not None and (mine.verb, mine.value, mine.fields, mine.seq) == \
+            (msg.verb, msg.value, msg.fields, msg.seq), data
+        records.append({"name": data[:40].hex(), "hex": data.hex(), "verb": msg.verb,
+                        "value": msg.value, "fields": msg.fields, "seq": msg.seq})
+    valid = sum(1 for r in records if "verb" in r)
+    assert 300 < valid < 2700, valid  # both outcomes are well represented
+    path = tmp_path / "random-records.json"
+    path.write_text(json.dumps({"records": records}))
+    r = subprocess.run([go, "test", "-count=1", "-run", "TestSharedWireRecords", "."],
+                       cwd=ROOT / "sdk" / "go", env=dict(go_env(), AETERNA_WIRE_EXAMPLES=str(path)),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")
