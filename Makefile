@@ -36,7 +36,15 @@ APT_PACKAGES ?= python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
                 tini dumb-init supervisor wrk util-linux procps iproute2 golang-go \
                 mmdebstrap docker.io podman runc debhelper dh-python \
                 pybuild-plugin-pyproject lintian piuparts fakeroot default-jdk-headless \
-                python3-setuptools python3-yaml python3-jinja2 python3-psutil man-db
+                python3-setuptools python3-yaml python3-jinja2 python3-psutil man-db \
+                nodejs
+
+# Go (sdk/go, examples/go-counter) builds with the standard library only and
+# caches under build/, so a fresh CI run compiles once; no module is downloaded.
+export GOCACHE := $(CURDIR)/build/go-cache
+export GOPATH := $(CURDIR)/build/go
+export GOPROXY := off
+export GOFLAGS := -mod=mod
 
 # The `test` extra from pyproject.toml, less systemd-python.
 TEST_DEPS_NO_SYSTEMD := import tomllib; \

@@ -57,6 +57,15 @@ class NotifyAccess(enum.Enum):
     ALL = "all"
 
 
+class StandardInput(enum.Enum):
+    """What a unit's fd 0 is: /dev/null, or (systemd's ``StandardInput=socket``) its
+    first listening socket, for runtimes that take a listener from stdin (Java's
+    ``System.inheritedChannel()``, inetd-style servers)."""
+
+    NULL = "null"
+    SOCKET = "socket"
+
+
 class Strategy(enum.Enum):
     """How a reload replaces a unit's process."""
 
@@ -169,6 +178,7 @@ class Service:
     # LimitNOFILE=: the processes' soft fd limit (0: the soft limit the manager was
     # started with, which it raised for itself).
     limit_nofile: int = 0
+    stdin: StandardInput = StandardInput.NULL  # StandardInput= / YAML stdin
     success_exit_status: tuple[int, ...] = ()
     exec_start_pre: tuple[tuple[str, ...], ...] = ()
     exec_start_post: tuple[tuple[str, ...], ...] = ()

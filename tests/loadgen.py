@@ -205,8 +205,10 @@ class LoadGen:
 
     def __init__(self, port: int, *, host: str = "127.0.0.1", path: str = "/",
                  threads: int = 4, keepalive: int | None = None, max_duration: float = 30.0,
-                 max_requests: int = 1_000_000, timeout: float = 10.0, pause: float = 0.0):
+                 max_requests: int = 1_000_000, timeout: float = 10.0, pause: float = 0.0,
+                 method: str = "GET"):
         """``keepalive``: how many of the threads reuse a connection (default: half).
+        ``method``: ``POST`` (with an empty body) for a service that counts them.
         ``pause``: seconds each thread sleeps between two requests (0: flat out).
         ``timeout``: for connect and for every read or write of a request."""
         if not _is_loopback(host):
@@ -220,6 +222,7 @@ class LoadGen:
         self.max_requests = max_requests
         self.timeout = timeout
         self.pause = pause
+        self.method = method
         self._lock = threading.Lock()
         self._records: list[Record] = []
         self._reconnects = 0
@@ -359,7 +362,7 @@ class LoadGen:
                 conn.connect()
             phase = "send"
             headers = {} if keepalive else {"Connection": "close"}
-            conn.request("GET", self.path, headers=headers)
+            conn.request(self.method, self.path, headers=headers)
             phase = "response"
             resp = conn.getresponse()
             body = resp.read()

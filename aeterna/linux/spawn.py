@@ -49,6 +49,7 @@ class SpawnRequest:
     blocking_fds: frozenset[int] = field(default_factory=frozenset)
     # An extra fd put at a fixed number above the LISTEN_FDS range (SRP channel).
     extra_fd: tuple[int, int] | None = None  # (source fd, target number)
+    stdin: int | None = None  # fd to dup onto 0 (None: /dev/null)
     stdout: int | None = None  # fd to dup onto 1 (None: inherit ours)
     stderr: int | None = None  # fd to dup onto 2
     # Environment names whose value the child sets to its own pid before exec.
@@ -153,7 +154,7 @@ def _high_copies(req: SpawnRequest, temps: list[int]) -> list[tuple[int, int]]:
         temps.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, floor))
         return temps[-1]
 
-    pairs = [(high(_devnull()), 0)]
+    pairs = [(high(_devnull() if req.stdin is None else req.stdin), 0)]
     if req.stdout is not None:
         pairs.append((high(req.stdout), 1))
     if req.stderr is not None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..log import log_level
-from ..model import KillMode, NotifyAccess, RestartPolicy, SocketType, Strategy
+from ..model import KillMode, NotifyAccess, RestartPolicy, SocketType, StandardInput, Strategy
 from ..wire.address import parse_metrics_address
 from .errors import UnitError, UnitWarning
 from .ini import Entry, SpecifierContext, UnitName, UnitSource, expand_specifiers
@@ -155,6 +155,16 @@ def _append(bucket: str, name: str, conv: Callable[[str], Any] = str,
         values, _first = store.get(name, ([], e))
         store[name] = ([*values, *(conv(w) for w in (v.split() if words else [v]))], e)
     return handler
+
+
+def _standard_input(d: Draft, e: Entry, v: str) -> None:
+    """StandardInput=null|socket; systemd's other kinds (tty, data, file:...) are
+    warned about and ignored, as every unimplemented directive is."""
+    if v in ("", "null", "socket"):
+        _set(S, "stdin", StandardInput)(d, e, v)
+    else:
+        d.warn(e, "Service.StandardInput", f"{v!r} is not implemented by Aeterna (null and "
+               "socket are); ignored")
 
 
 def _description(d: Draft, e: Entry, v: str) -> None:
@@ -331,6 +341,7 @@ SERVICE: dict[str, tuple[Handler, bool]] = {
     "NotifyAccess": (_set(S, "notify_access", enum_value(NotifyAccess)), False),
     "FileDescriptorStoreMax": (_set(S, "fd_store_max", whole_number(0, 2**16)), False),
     "LimitNOFILE": (_set(S, "limit_nofile", nofile_limit), False),
+    "StandardInput": (_standard_input, False),
     "Sockets": (_sockets, True),
     "SuccessExitStatus": (_success_exit_status, False),
     "StartLimitInterval": UNIT["StartLimitInterval"],

@@ -49,6 +49,7 @@ from ..model import (
     Service,
     ServiceType,
     Source,
+    StandardInput,
     StartLimit,
     StateHandoff,
     Strategy,
@@ -309,6 +310,10 @@ class _Loader:
             if kw is None or (self.only is not None and base != self.only):
                 continue
             listens = [spec for s in feeds.get(base, []) for spec in listeners[s.name.full]]
+            if kw.get("stdin") is StandardInput.SOCKET and not listens:
+                d.error(d.service["stdin"][1], "Service.StandardInput",
+                        "expected null, or socket for a service with a socket unit; "
+                        "found socket and no socket unit feeds this service")
             deps = tuple(Dependency(UnitName.parse(ref).stem, e.require, e.order, e.source)
                          for ref, e in edges.get(base, {}).items())
             service = Service(name=d.name.stem, sockets=tuple(listens), depends_on=deps,

@@ -31,6 +31,7 @@ from ..model import (
     ServiceType,
     SocketType,
     Source,
+    StandardInput,
     StartLimit,
     Timeouts,
     UnitSpec,
@@ -175,7 +176,7 @@ _SERVICE = (
     "restart", "restart_sec", "backoff", "start_limit", "timeouts", "stop_signal",
     "kill_mode", "depends_on", "notify_access", "watchdog_sec", "watchdog_signal",
     "reload_signal", "fd_store_max", "limit_nofile", "success_exit_status", "sockets",
-    "exec_start_pre", "exec_start_post", "exec_stop", "exec_reload",
+    "exec_start_pre", "exec_start_post", "exec_stop", "exec_reload", "stdin",
 )
 _SOCKET = (
     "listen", "type", "name", "backlog", "reuse_port", "ipv6_only", "nodelay", "keepalive",
@@ -275,6 +276,7 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
         "watchdog_sec": doc.duration,
         "fd_store_max": doc.integer,
         "limit_nofile": lambda n, q: doc.integer(n, q, lo=1),
+        "stdin": lambda n, q: doc.choice(n, q, StandardInput),
     }
     for key, fn in simple.items():
         if key in m:
@@ -317,6 +319,9 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
         nodes = doc.seq(m["sockets"][1], f"{p}.sockets")
         kw["sockets"] = tuple(_socket(doc, n, f"{p}.sockets[{i}]", name)
                               for i, n in enumerate(nodes))
+    if kw.get("stdin") is StandardInput.SOCKET and not kw.get("sockets"):
+        raise doc.error(m["stdin"][1], f"{p}.stdin",
+                        "null, or socket with at least one entry in service.sockets")
     return Service(**kw)
 
 

@@ -12,7 +12,7 @@ import pwd
 from typing import TYPE_CHECKING, Any
 
 from ..linux.spawn import SpawnRequest
-from ..model import NotifyAccess, UnitSpec
+from ..model import NotifyAccess, StandardInput, UnitSpec
 
 if TYPE_CHECKING:
     from ..unit.runtime import UnitRuntime
@@ -77,6 +77,9 @@ def build_request(runtime: UnitRuntime, spec: UnitSpec, generation: int,
     return SpawnRequest(argv=argv, env=env, cwd=cwd,
                         uid=uid, gid=gid, groups=groups, argv0=svc.argv0,
                         pass_fds=tuple(fds), blocking_fds=frozenset(socket_fds),
+                        # StandardInput=socket: the first listener on fd 0 too (systemd).
+                        stdin=socket_fds[0] if svc.stdin is StandardInput.SOCKET
+                        and socket_fds else None,
                         pid_env=tuple(pid_env), nofile=svc.limit_nofile or nofile)
 
 

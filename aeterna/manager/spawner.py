@@ -90,7 +90,7 @@ class Spawner:
                    and (k != "NOTIFY_SOCKET" or access in ("exec", "all"))}
             env.update(extra_env or {})
             changes.update(argv=argv, pass_fds=(), blocking_fds=frozenset(), pid_env=(),
-                           argv0=argv0, env=env)
+                           argv0=argv0, env=env, stdin=None)
         else:
             if self.host.shares_listeners(runtime):
                 # O_NONBLOCK lives on the open file description, which a running

@@ -7,6 +7,7 @@ that look at fds (seals, sizes) are :func:`aeterna.linux.memfd.check_state`.
 from __future__ import annotations
 
 import fcntl
+import re
 from dataclasses import dataclass, field
 
 MAX_MESSAGE = 16384
@@ -17,6 +18,7 @@ VERBS = ("HELLO", "STATE", "LOADED", "CHECKPOINT", "RESUME")
 SEALS_ARENA = fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_SEAL
 SEALS_SNAPSHOT = SEALS_ARENA | fcntl.F_SEAL_WRITE
 KINDS = ("snapshot", "arena", "conn")
+_KEY = re.compile(r"[A-Za-z0-9_]+")  # docs/srp.md §3: ASCII letters, digits, "_"
 
 
 class SrpError(Exception):
@@ -40,7 +42,7 @@ class SrpMessage:
     @property
     def seq(self) -> int | None:
         raw = self.fields.get("SEQ", "")
-        return int(raw) if raw.isdigit() and len(raw) < 19 else None
+        return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
     def get(self, key: str, default: str = "") -> str:
         return self.fields.get(key, default)
@@ -62,7 +64,7 @@ def parse(payload: bytes) -> SrpMessage:
         if not line:
             continue
         key, eq, value = line.partition("=")
-        if not eq or not key or not key.replace("_", "").isalnum() or not key.isascii():
+        if not eq or not _KEY.fullmatch(key):
             raise SrpError("bad-line", line[:40])
         if key in fields:
             continue

@@ -1,21 +1,24 @@
 """SRP messages on the wire (docs/srp.md section 3): parse, format, send, receive.
 
 One message is one SOCK_SEQPACKET record of newline-separated ``KEY=VALUE``
-lines (at most 16384 bytes, no NUL), with up to 253 fds attached by
-SCM_RIGHTS. The first line of a repeated key wins; unknown keys are kept but
-ignored by the callers.
+lines (at most 16384 bytes, no NUL, keys of ASCII letters, digits and ``_``),
+with up to 253 fds attached by SCM_RIGHTS. The first line of a repeated key
+wins; unknown keys are kept but ignored by the callers. The rules are those of
+the manager's parser; ``sdk/testdata/srp-wire.json`` holds them as examples.
 """
 
 from __future__ import annotations
 
 import array
 import os
+import re
 import socket
 
 MAX_MESSAGE = 16384
 MAX_FDS = 253  # SCM_MAX_FD
 VERSION = 1
 VERBS = ("HELLO", "STATE", "LOADED", "CHECKPOINT", "RESUME")
+_KEY = re.compile(r"[A-Za-z0-9_]+")  # ASCII letters, digits and "_", as the manager has it
 
 
 class Message:
@@ -35,7 +38,7 @@ class Message:
     @property
     def seq(self) -> int | None:
         raw = self.fields.get("SEQ", "")
-        return int(raw) if raw.isdigit() and len(raw) < 19 else None
+        return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 19 else None
 
     def get(self, key: str, default: str = "") -> str:
         return self.fields.get(key, default)
@@ -58,7 +61,7 @@ def parse(payload: bytes) -> Message | None:
         if not line:
             continue
         key, eq, value = line.partition("=")
-        if not eq or not key:
+        if not eq or not _KEY.fullmatch(key):
             return None
         if key in fields:
             continue
@@ -80,6 +83,8 @@ def format_message(verb: str, value: int = 1, **fields: object) -> bytes:
         if val is None:
             continue
         text = str(val)
+        if not _KEY.fullmatch(key):
+            raise ValueError(f"SRP key {key!r}: ASCII letters, digits and '_' only")
         if "\n" in text or "\0" in text:
             raise ValueError(f"SRP field {key} contains a newline or NUL")
         lines.append(f"{key}={text}")

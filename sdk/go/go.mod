@@ -1,0 +1,3 @@
+module aeterna.dev/sdk
+
+go 1.19
