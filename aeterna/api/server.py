@@ -17,7 +17,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..unit.states import DOWN_STATES, UP_STATES, State
+from ..unit.states import DOWN_STATES, GOING_DOWN_STATES, UP_STATES, State
 from ..wire.control import ControlError, parse_request, reply_error, reply_ok
 from .usage import UsageCache
 from .view import ManagerView, UnitView
@@ -153,8 +153,7 @@ async def start(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> An
     u = m.units[unit]
     if u.state in UP_STATES:
         settled = _always
-    elif u.state in DOWN_STATES | {State.AUTO_RESTART, State.STOP_PRE, State.STOPPING,
-                                   State.KILLING}:
+    elif u.state in DOWN_STATES | GOING_DOWN_STATES:
         settled = _next_generation(u)
         m.start_unit(unit)
     else:
@@ -187,6 +186,13 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
                 "ok": all(o["outcome"] == "promoted" for o in outcomes)}
     action, new, error = m.reload_unit(unit)
     u = m.units[unit]
+    if action == "refused":
+        raise ControlError("not-relayable", error)
+    if action == "not-applicable":
+        raise ControlError("not-applicable", f"{unit} has no ExecReload= and no hot-relay "
+                           "strategy: reload is not applicable (systemctl refuses it too); "
+                           f"'aeterna restart {unit}' restarts it, or set Strategy=restart "
+                           "in [X-Aeterna] (strategy: restart in YAML) to make reload restart")
     if action == "invalid" or new is None:
         raise ControlError("invalid", error + "\nthe running configuration is kept")
     if action == "relay":
@@ -204,7 +210,7 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
             raise ControlError("bad-state", f"{unit} is {u.state.value}, not active: "
                                "nothing to reload")
         before = u.snapshot()["reloads"]
-        m.reload_in_place(unit)
+        m.reload_in_place(unit, new)
         if no_block:
             return {"ok": True, "unit": unit, "outcome": "queued"}
         await m.wait_for(lambda: u.snapshot()["reloads"] > before

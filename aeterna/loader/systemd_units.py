@@ -55,9 +55,11 @@ from ..model import (
     Timeouts,
     UnitSpec,
 )
+from .durations import parse_signal
 from .errors import UnitError, UnitErrors, UnitWarning
 from .ini import Entry, SpecifierContext, UnitName, read_unit_with_dropins
 from .systemd_directives import Draft, read_draft
+from .systemd_exec import directories
 from .systemd_values import REFUSED
 from .systemd_words import ExecCommand
 
@@ -344,8 +346,16 @@ def finish_service(d: Draft) -> dict[str, Any] | None:
     """
     kw = {k: v for k, (v, _e) in d.service.items()}
     starts = d.execs.get("ExecStart", [])
-    type_ = kw.setdefault("type", ServiceType.SIMPLE if starts else ServiceType.ONESHOT)
     where = d.where.get("Service.Type")
+    written = _value(d.extra, "type", "simple" if starts else "oneshot")
+    if written == "dbus":
+        d.error(where, "Service.Type", REFUSED["Type=dbus"])
+        return None
+    if written == "idle":
+        d.warn(d.extra["type"][1], "Service.Type", "Type=idle is run as Type=simple (no "
+               "delay until other jobs finish)")
+        written = "simple"
+    type_ = kw["type"] = ServiceType(written)
     if type_ is not ServiceType.ONESHOT and len(starts) > 1:
         d.error(starts[1][1], "Service.ExecStart", f"expected one command for Type="
                 f"{type_.value}, found {len(starts)}; only Type=oneshot runs several")
@@ -365,19 +375,39 @@ def finish_service(d: Draft) -> dict[str, Any] | None:
                 f"Type=oneshot, found {restart.value!r}")
     if d.errors:
         return None
+    if type_ is ServiceType.FORKING and d.orchestration.get("strategy", (None,))[0] \
+            is Strategy.HOT_RELAY:
+        entry = d.orchestration["strategy"][1]
+        d.error(entry, "X-Aeterna.Strategy", "expected restart for Type=forking, found "
+                "'hot-relay': the daemon binds and forks on its own, so N+1 cannot share "
+                "N's accept queue in a controlled way")
+        return None
     main = starts[0][0] if starts else ExecCommand(())
-    kw.update(command=main.argv, ignore_failure=main.ignore_failure, argv0=main.argv0)
+    kw.update(command=main.argv, ignore_failure=main.ignore_failure, argv0=main.argv0,
+              privileged=main.privileged in ("+", "!"))
     kw["env"] = tuple(d.env.items())
     kw["env_files"] = tuple(d.env_files)
     post = [c for c, _e in starts[1:]] + [c for c, _e in d.execs.get("ExecStartPost", [])]
     kw["exec_start_post"] = tuple(c.encode() for c in post)
     for key, name in (("ExecStartPre", "exec_start_pre"), ("ExecReload", "exec_reload"),
-                      ("ExecStop", "exec_stop")):
+                      ("ExecStop", "exec_stop"), ("ExecStopPost", "exec_stop_post"),
+                      ("ExecCondition", "exec_condition")):
         kw[name] = tuple(c.encode() for c, _e in d.execs.get(key, []))
     start_default = math.inf if type_ is ServiceType.ONESHOT else Timeouts().start
     kw["timeouts"] = Timeouts(_value(d.extra, "timeout_start", start_default),
                               _value(d.extra, "timeout_stop", Timeouts().stop))
-    kw["success_exit_status"] = _value(d.extra, "success", ())
+    codes, sigs = _value(d.extra, "success", ((), ()))
+    kw["success_exit_status"] = tuple(codes)
+    kw["success_exit_signals"] = tuple(int(parse_signal(n)) for n in sigs)
+    for name in ("restart_prevent", "restart_force"):
+        codes, sigs = _value(d.extra, name, ((), ()))
+        kw[name] = (*codes, *sigs)
+    limits = _value(d.extra, "limits", {})
+    kw["limits"] = tuple(limits[k] for k in sorted(limits))
+    kw["supplementary_groups"] = tuple(_value(d.extra, "groups", ()))
+    kw["directories"] = directories(d)
+    kw["conditions"] = tuple(d.conditions)
+    kw["aliases"] = tuple(UnitName.parse(a).stem for a, _e in d.aliases)
     kw["start_limit"] = StartLimit(_value(d.extra, "limit_burst", StartLimit().burst),
                                    _value(d.extra, "limit_interval", StartLimit().interval))
     kw["backoff"] = _backoff(kw.get("restart_sec", 0.1), _value(d.extra, "steps", 0),
@@ -436,7 +466,7 @@ def finish_orchestration(d: Draft) -> Orchestration:
     hook_timeout = o.get("preflight_timeout", 30.0)
     drain = Drain(o.get("drain_timeout", Drain().timeout), o.get("drain_signal", Drain().signal))
     return Orchestration(
-        o.get("strategy", Strategy.RESTART), canary, handoff,
+        o.get("strategy", Strategy.RESTART), "strategy" in o, canary, handoff,
         pre_flight=tuple(Hook(c.argv, timeout=hook_timeout)
                          for c, _e in d.execs.get("PreFlight", [])),
         startup_timeout=o.get("startup_timeout", 0.0), drain=drain,

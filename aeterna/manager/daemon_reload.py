@@ -62,14 +62,18 @@ def relays(spec: UnitSpec) -> bool:
 
 
 def action_for(new: UnitSpec, current: UnitSpec) -> str:
-    """``aeterna reload UNIT``: "relay", "in-place" (ExecReload=, notify-reload, and
-    an unchanged definition), or "restart" with the new definition."""
+    """``aeterna reload UNIT``, as ``systemctl reload`` after a daemon-reload:
+    "relay" (``strategy: hot-relay``), "in-place" (ExecReload= or notify-reload,
+    with the new definition), "restart" only when ``strategy: restart`` was
+    asked for, else "not-applicable": a reload never costs a unit its
+    process, and the state in it, unless the user asked for that."""
     if relays(new):
         return "relay"
-    if ((new.service.type is ServiceType.NOTIFY_RELOAD or new.service.exec_reload)
-            and new == current):
+    if new.service.type is ServiceType.NOTIFY_RELOAD or new.service.exec_reload:
         return "in-place"
-    return "restart"
+    if new.orchestration.strategy_given:
+        return "restart"
+    return "not-applicable"
 
 
 def keep_sockets(new: UnitSpec, old: UnitSpec, log: Log) -> UnitSpec:
