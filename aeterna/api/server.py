@@ -14,7 +14,7 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from ..unit.states import DOWN_STATES, GOING_DOWN_STATES, UP_STATES, State
@@ -110,11 +110,27 @@ class ControlServer:
         handler = VERBS.get(verb) if isinstance(verb, str) else None
         if handler is None:
             raise ControlError("bad-request", f"unknown verb {verb!r}")
+        if isinstance(unit, str):
+            unit = resolve_name(self.view.units, unit)
         if unit is not None and unit not in self.view.units:
             hint = (" (a new unit file is read, and started, by 'aeterna reload' without a "
                     "unit)" if verb in ("reload", "start") else "")
             raise ControlError("not-found", f"no such unit: {unit!r}{hint}")
         return await handler(self, unit, request)
+
+
+def resolve_name(units: Mapping[str, UnitView], name: str) -> str:
+    """A unit's own name for ``name``, as systemctl takes it: with or without
+    ``.service``, or one of its aliases (Alias=, alias symlinks); else ``name``."""
+    if name in units:
+        return name
+    stem = name.removesuffix(".service")
+    if stem in units:
+        return stem
+    for own, u in units.items():
+        if stem in u.spec.service.aliases:
+            return own
+    return name
 
 
 # --------------------------------------------------------------------------- verbs

@@ -68,15 +68,20 @@ __all__ = ["load_systemd_dir", "load_systemd_file"]
 
 def load_systemd_dir(directory: str | os.PathLike[str], *,
                      specifiers: SpecifierContext | None = None,
+                     errors: list[UnitError] | None = None,
                      ) -> tuple[list[UnitSpec], list[UnitWarning]]:
     """Load every ``.service`` and ``.socket`` unit in ``directory`` (not recursively).
 
     Returns the units, sorted by name, and the warnings. Raises UnitError, or
     UnitErrors when there are several, after reading every file, so that a
-    user sees all the problems at once. ``specifiers`` defaults to this
-    process's (``SpecifierContext.from_process``).
+    user sees all the problems at once; with ``errors`` given, they go there
+    instead and a unit that cannot load (or whose socket cannot) is left out,
+    the others returned. ``specifiers`` defaults to this process's
+    (``SpecifierContext.from_process``). An alias symlink (``sshd.service`` ->
+    ``ssh.service``) names the unit it points to, and is not a unit of its own.
     """
     loader = _Loader(os.fspath(directory), specifiers or SpecifierContext.from_process())
+    loader.collect = errors
     try:
         names = sorted(os.listdir(loader.directory))
     except OSError as exc:
@@ -89,6 +94,7 @@ def load_systemd_dir(directory: str | os.PathLike[str], *,
 
 def load_systemd_file(path: str | os.PathLike[str], *,
                       specifiers: SpecifierContext | None = None,
+                      errors: list[UnitError] | None = None,
                       ) -> tuple[list[UnitSpec], list[UnitWarning]]:
     """Load the service of one ``.service`` or ``.socket`` file, with its sockets.
 
@@ -102,6 +108,8 @@ def load_systemd_file(path: str | os.PathLike[str], *,
     path = os.fspath(path)
     directory, base = os.path.split(path)
     loader = _Loader(directory or ".", specifiers or SpecifierContext.from_process())
+    loader.collect = errors
+    base = loader.alias_target(base) or base
     try:
         name = UnitName.parse(base)
     except ValueError as exc:
@@ -147,6 +155,24 @@ class _Loader:
     errors: list[UnitError] = field(default_factory=list)
     warnings: list[UnitWarning] = field(default_factory=list)
     only: str | None = None  # file mode: the one service to return; no instances followed
+    collect: list[UnitError] | None = None  # partial load: errors go here, bad units out
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # unit -> alias symlinks
+
+    def alias_target(self, base: str) -> str | None:
+        """For a symlink to another unit file of this directory (a distribution's
+        alias, e.g. ``syslog.service`` -> ``rsyslog.service``): that file's name."""
+        path = self.path(base)
+        if not os.path.islink(path):
+            return None
+        target = os.readlink(path)
+        if target == os.devnull:
+            return None  # masked
+        resolved = os.path.realpath(path)
+        name = os.path.basename(target)
+        if (os.path.dirname(resolved) != os.path.realpath(self.directory) or name == base
+                or os.path.splitext(name)[1] != os.path.splitext(base)[1]):
+            return None
+        return name
 
     def path(self, base: str) -> str:
         return os.path.join(self.directory, base)
@@ -163,6 +189,10 @@ class _Loader:
         except ValueError:
             return  # not a unit file (README, drop-in directories...)
         if os.path.isdir(self.path(base)):
+            return
+        target = self.alias_target(base)
+        if target is not None and not name.is_template:
+            self.aliases.setdefault(target, []).append(name.stem)
             return
         if name.suffix not in ("service", "socket"):
             self.warnings.append(UnitWarning(self.path(base), 0, "", f".{name.suffix} units "
@@ -306,10 +336,14 @@ class _Loader:
         listeners = {base: finish_socket(d) for base, d in self.drafts.items()
                      if d.name.suffix == "socket"}
         units: list[UnitSpec] = []
+        bad = {base for base, d in self.drafts.items() if d.errors}
+        bad |= {target for s, d in self.drafts.items() if s in bad and d.name.suffix == "socket"
+                for target in [self.target_of(d)[0]]}
         for base, d in self.drafts.items():
             kw = finish_service(d) if d.name.suffix == "service" else None
-            if kw is None or (self.only is not None and base != self.only):
+            if kw is None or (self.only is not None and base != self.only) or base in bad:
                 continue
+            kw["aliases"] = tuple(dict.fromkeys((*kw["aliases"], *self.aliases.get(base, []))))
             listens = [spec for s in feeds.get(base, []) for spec in listeners[s.name.full]]
             deps = tuple(Dependency(UnitName.parse(ref).stem, e.require, e.order, e.source)
                          for ref, e in edges.get(base, {}).items())
@@ -323,6 +357,9 @@ class _Loader:
             self.warnings.extend(d.warnings)
         self.errors.sort(key=lambda e: (e.file, e.line))
         self.warnings.sort(key=lambda w: (w.file, w.line))
+        if self.collect is not None:
+            self.collect.extend(self.errors)
+            return sorted(units, key=lambda u: u.name), self.warnings
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:

@@ -1,0 +1,206 @@
+"""Issue 13: what a distribution's unit files need to run unchanged (pure parts).
+
+Expansion and word splitting against systemd.service(5)'s own examples, the
+directives Debian's units use, partial loads, aliases, and names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aeterna.api.server import resolve_name
+from aeterna.loader import load_paths
+from aeterna.loader.errors import UnitErrors
+from aeterna.loader.ini import SpecifierContext
+from aeterna.loader.systemd_exec import parse_limit
+from aeterna.loader.systemd_units import load_systemd_dir
+from aeterna.loader.systemd_words import expand_exec_env, parse_exec
+from aeterna.model import DirectoryKind, ServiceType
+from aeterna.results import ExitInfo, Result
+from aeterna.unit.policy import classify_exit, exit_matches
+
+CTX = SpecifierContext(runtime_dir="/run", user="root", uid=0, home="/root", hostname="box")
+
+
+def write(root: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root
+
+
+def argv(line: str, env: dict[str, str]) -> tuple[str, ...]:
+    (cmd,) = parse_exec(line, lambda w: w, [])
+    return expand_exec_env(cmd.argv, env)
+
+
+# ------------------------------------------------------------------ systemd.service(5)
+
+
+def test_man_page_example_one() -> None:
+    """Environment="ONE=one" 'TWO=two two' / ExecStart=echo $ONE $TWO ${TWO}."""
+    env = {"ONE": "one", "TWO": "two two"}
+    assert argv("echo $ONE $TWO ${TWO}", env) == ("echo", "one", "two", "two", "two two")
+
+
+def test_man_page_example_two() -> None:
+    """ONE='one', TWO="'two two' too", THREE= : ${...} keeps each value as one word,
+    $... splits it, quotes grouping and removed, and an empty one gives no word."""
+    env = {"ONE": "'one'", "TWO": "'two two' too", "THREE": ""}
+    assert argv("/bin/echo ${ONE} ${TWO} ${THREE}", env) == (
+        "/bin/echo", "'one'", "'two two' too", "")
+    assert argv("/bin/echo $ONE $TWO $THREE", env) == ("/bin/echo", "one", "two two", "too")
+
+
+def test_man_page_semicolon_and_escapes() -> None:
+    (one, two) = parse_exec('echo one ; echo "two two"', lambda w: w, [])
+    assert (one.argv, two.argv) == (("echo", "one"), ("echo", "two two"))
+    (cmd,) = parse_exec("echo / >/dev/null & \\; ls", lambda w: w, [])
+    assert cmd.argv == ("echo", "/", ">/dev/null", "&", ";", "ls")
+
+
+def test_mainpid_and_unset_and_literal() -> None:
+    env = {"MAINPID": "4242"}
+    assert argv("/bin/kill -USR2 $MAINPID", env) == ("/bin/kill", "-USR2", "4242")
+    assert argv("/bin/kill -HUP $MAINPID", {}) == ("/bin/kill", "-HUP")  # no main pid
+    # $VAR inside a longer word is not a reference for systemd; $$ is a dollar.
+    assert argv("/bin/x --pid=$MAINPID cost=$$5 ${MAINPID}x", env) == (
+        "/bin/x", "--pid=$MAINPID", "cost=$5", "4242x")
+
+
+@given(st.text(alphabet="ab \t", max_size=20))
+def test_split_without_quotes_is_whitespace_split(value: str) -> None:
+    assert expand_exec_env(("$V",), {"V": value}) == tuple(value.split())
+    assert expand_exec_env(("${V}",), {"V": value}) == (value,)
+
+
+
+# ------------------------------------------------------------------ directives
+
+
+def test_debian_style_service(tmp_path: Path) -> None:
+    write(tmp_path, {"web.service": """[Unit]
+ConditionPathExists=/etc/web.conf
+AssertPathIsDirectory=!/nonexistent
+[Service]
+Type=forking
+PIDFile=web.pid
+ExecStartPre=/usr/sbin/web -t -q
+ExecStart=/usr/sbin/web $OPTS
+ExecReload=/bin/kill -HUP $MAINPID
+ExecStopPost=+/bin/rm -f /run/web.lock
+LimitNOFILE=65536
+LimitCORE=infinity
+LimitNICE=-5
+UMask=0027
+Nice=5
+OOMScoreAdjust=-500
+RuntimeDirectory=web web/sub
+RuntimeDirectoryMode=0750
+StateDirectory=web
+SuccessExitStatus=DATAERR SIGUSR2
+RestartPreventExitStatus=CONFIG
+RestartForceExitStatus=SIGPIPE
+RuntimeMaxSec=1h
+RemainAfterExit=no
+[Install]
+Alias=www.service
+"""})
+    (unit,), warnings = load_systemd_dir(tmp_path, specifiers=CTX)
+    svc = unit.service
+    assert svc.type is ServiceType.FORKING and svc.pid_file == "/run/web.pid"
+    assert svc.limits == ((4, -1, -1), (7, 65536, 65536), (13, 25, 25))
+    assert (svc.umask, svc.nice, svc.oom_score_adjust) == (0o027, 5, -500)
+    runtime, state = svc.directories
+    assert (runtime.kind, runtime.paths, runtime.mode) == (
+        DirectoryKind.RUNTIME, ("/run/web", "/run/web/sub"), 0o750)
+    assert (state.kind, state.paths, state.mode) == (DirectoryKind.STATE, ("/var/lib/web",),
+                                                     0o755)
+    assert svc.success_exit_status == (65,) and svc.success_exit_signals == (12,)
+    assert svc.restart_prevent == (78,) and svc.restart_force == ("SIGPIPE",)
+    assert svc.runtime_max_sec == 3600.0
+    assert svc.exec_stop_post == (("+/bin/rm", "-f", "/run/web.lock"),)
+    assert svc.aliases == ("www",)
+    assert [(c.check, c.negate, c.assertion) for c in svc.conditions] == [
+        ("PathExists", False, False), ("PathIsDirectory", True, True)]
+    assert warnings == []
+
+
+def test_limit_values() -> None:
+    assert parse_limit("LimitNOFILE", "1024:4096") == (7, 1024, 4096)
+    assert parse_limit("LimitNOFILE", "infinity") == (7, -1, -1)
+    assert parse_limit("LimitAS", "1G") == (9, 1024**3, 1024**3)
+    assert parse_limit("LimitCPU", "2min") == (0, 120, 120)
+    assert parse_limit("LimitRTTIME", "500ms") == (15, 500000, 500000)
+    with pytest.raises(ValueError, match="expected"):
+        parse_limit("LimitNOFILE", "infinity:10")
+
+
+def test_exit_status_policy() -> None:
+    assert classify_exit(ExitInfo(signal=12), ServiceType.SIMPLE, (), (12,)) is Result.SUCCESS
+    assert exit_matches(ExitInfo(code=78), (78,))
+    assert exit_matches(ExitInfo(signal=13), ("SIGPIPE",))
+    assert not exit_matches(ExitInfo(code=1), ("SIGPIPE", 78))
+
+
+def test_a_drop_in_type_overrides_a_refused_one(tmp_path: Path) -> None:
+    """The Type= check waits for the drop-ins: Type=exec there wins over Type=dbus."""
+    write(tmp_path, {"a.service": "[Service]\nType=dbus\nBusName=a.b\nExecStart=/bin/a\n",
+                     "a.service.d/exec.conf": "[Service]\nType=exec\n"})
+    (unit,), _ = load_systemd_dir(tmp_path, specifiers=CTX)
+    assert unit.service.type is ServiceType.EXEC
+
+
+# ------------------------------------------------------------------ loads as a whole
+
+
+def test_a_broken_unit_is_left_out_and_the_others_load(tmp_path: Path) -> None:
+    write(tmp_path, {"good.service": "[Service]\nExecStart=/bin/good\n",
+                     "bad.service": "[Service]\nType=dbus\nExecStart=/bin/bad\n",
+                     "needs-bad.service": "[Unit]\nRequires=bad.service\n"
+                                          "[Service]\nExecStart=/bin/x\n",
+                     "bad-sock.socket": "[Socket]\nListenStream=nope:nope\n",
+                     "bad-sock.service": "[Service]\nExecStart=/bin/y\n"})
+    with pytest.raises(UnitErrors):
+        load_paths([str(tmp_path)])
+    result = load_paths([str(tmp_path)], partial=True)
+    assert [u.name for u in result.units] == ["good"]
+    text = "\n".join(str(e) for e in result.errors)
+    assert "bad.service:2: Service.Type: Type=dbus is not supported" in text
+    assert "bad-sock.socket:2: Socket.ListenStream" in text
+    assert "needs-bad.service:2: service.depends_on: expected the name of a loaded unit, " \
+           "found 'bad'" in text
+
+
+def test_alias_symlinks_are_names_not_units(tmp_path: Path) -> None:
+    write(tmp_path, {"rsyslog.service": "[Service]\nExecStart=/usr/sbin/rsyslogd -n\n"
+                                        "[Install]\nAlias=syslog.service\n"})
+    os.symlink("rsyslog.service", tmp_path / "syslog.service")
+    os.symlink(str(tmp_path / "rsyslog.service"), tmp_path / "logger.service")
+    units, _ = load_systemd_dir(tmp_path, specifiers=CTX)
+    assert [u.name for u in units] == ["rsyslog"]
+    assert units[0].service.aliases == ("syslog", "logger")
+
+
+def test_the_same_file_twice_is_one_unit(tmp_path: Path) -> None:
+    write(tmp_path, {"ssh.service": "[Service]\nExecStart=/usr/sbin/sshd -D\n",
+                     "ssh.socket": "[Socket]\nListenStream=127.0.0.1:2222\n"})
+    result = load_paths([str(tmp_path / "ssh.service"), str(tmp_path / "ssh.socket")])
+    assert [u.name for u in result.units] == ["ssh"]
+
+
+def test_names_with_suffix_and_aliases() -> None:
+    class U:
+        def __init__(self, aliases: tuple[str, ...]) -> None:
+            self.spec = type("S", (), {"service": type("V", (), {"aliases": aliases})()})()
+
+    units = {"memcached": U(()), "rsyslog": U(("syslog",))}
+    assert resolve_name(units, "memcached.service") == "memcached"  # type: ignore[arg-type]
+    assert resolve_name(units, "syslog.service") == "rsyslog"  # type: ignore[arg-type]
+    assert resolve_name(units, "syslog") == "rsyslog"  # type: ignore[arg-type]
+    assert resolve_name(units, "nope.service") == "nope.service"  # type: ignore[arg-type]
