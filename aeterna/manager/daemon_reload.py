@@ -38,6 +38,22 @@ def read(paths: list[str], log: Log) -> dict[str, UnitSpec] | list[str]:
         return [str(e) for e in exc.errors]
 
 
+def read_for(paths: list[str], log: Log, current: UnitSpec) -> UnitSpec | list[str]:
+    """``aeterna reload UNIT``: the unit's definition now, or the errors of its own
+    file; other files' errors are logged and do not hold this unit back (as
+    ``systemctl reload`` of a good unit beside a broken one)."""
+    result = load_paths(paths, partial=True)
+    mine = [e for e in result.errors if e.file == current.source.file]
+    for err in result.errors:
+        log.error("reload.invalid", error=str(err))
+    if mine:
+        return [str(e) for e in mine]
+    spec = result.by_name().get(current.name)
+    if spec is None:
+        return [f"{current.name} is no longer defined in the unit files"]
+    return spec
+
+
 def report(log: Log, d: Diff, removed_running: list[str]) -> None:
     """One line per changed unit, one summary; a removed unit runs until stopped."""
     for key, names in d.as_dict().items():

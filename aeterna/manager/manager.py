@@ -398,13 +398,11 @@ class Manager:
 
     def reload_unit(self, name: str) -> tuple[str, UnitSpec | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error)."""
-        new = daemon_reload.read(self.paths, self.log)
-        if isinstance(new, list):
-            return "invalid", None, "\n".join(new)
-        spec = new.get(name)
-        if spec is None:
-            return "invalid", None, f"{name} is no longer defined in the unit files"
         current = self.units[name].spec
+        spec_or_errors = daemon_reload.read_for(self.paths, self.log, current)
+        if isinstance(spec_or_errors, list):
+            return "invalid", None, "\n".join(spec_or_errors)
+        spec = spec_or_errors
         action = daemon_reload.action_for(spec, current)
         if action == "relay" and spec.service.type is ServiceType.FORKING:
             return "refused", None, (f"{name} is Type=forking: a hot relay needs N+1 to "
