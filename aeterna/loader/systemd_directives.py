@@ -22,7 +22,7 @@ from ..wire.address import parse_metrics_address
 from .errors import UnitError, UnitWarning
 from .ini import Entry, SpecifierContext, UnitName, UnitSource, expand_specifiers
 from .systemd_exec import CONDITIONS, EXEC, exit_statuses
-from .systemd_known import IGNORED_SILENTLY, UNIMPLEMENTED, is_unimplemented
+from .systemd_known import IGNORED_SILENTLY, UNIMPLEMENTED, is_unimplemented, would_have
 from .systemd_values import (
     BOOL,
     DURATION,
@@ -117,7 +117,7 @@ def _apply(d: Draft, section: str, table: dict[str, tuple[Handler, bool]], e: En
         if section == "X-Aeterna":
             d.warn(e, key, "unknown Aeterna setting; ignored")
         elif e.key in UNIMPLEMENTED.get(section, ()) or is_unimplemented(section, e.key):
-            d.warn(e, key, "not implemented by Aeterna; ignored")
+            d.warn(e, key, f"not implemented by Aeterna; ignored{would_have(e.key)}")
         else:
             d.warn(e, key, "unknown directive; ignored")
         return

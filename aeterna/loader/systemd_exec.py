@@ -195,7 +195,7 @@ def _directory_mode(key: str) -> Handler:
     def handler(d: Draft, e: Entry, v: str) -> None:
         if v == "":
             d.extra.pop(key, None)
-        elif re.fullmatch(r"[0-7]{1,4}", v):
+        elif re.fullmatch(r"0?[0-7]{1,4}", v):  # 02755: setgid, as journald's logs
             d.extra[key] = (int(v, 8), e)
         else:
             raise expect("an octal mode like 0755", v)
