@@ -214,12 +214,15 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
             char line[16];
             size_t n = int_line(line, oom);
             int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
-            if (fd < 0 || write(fd, line, n) != (ssize_t)n) {
+            /* As systemd: refused for want of privilege means a container; go on. */
+            if ((fd < 0 || write(fd, line, n) != (ssize_t)n) && errno != EACCES &&
+                errno != EPERM) {
                 child_errno = errno;
                 child_stage = STAGE_OOM;
                 _exit(127);
             }
-            close(fd);
+            if (fd >= 0)
+                close(fd);
         }
         if (nofile >= 0) {
             /* Best effort, as a shell's ulimit: the limit we raised for ourselves
@@ -231,10 +234,24 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
             }
         }
         for (Py_ssize_t i = 0; i < n_limits; i++) {
+            /* systemd's setrlimit_closest(): a limit above what we may raise to (a
+             * container's hard limit) becomes the highest one we may set. */
             if (setrlimit(lim_res[i], &lim_val[i]) < 0) {
-                child_errno = errno;
-                child_stage = STAGE_SETRLIMIT;
-                _exit(127);
+                struct rlimit cur, near = lim_val[i];
+                if (errno != EPERM || getrlimit(lim_res[i], &cur) < 0) {
+                    child_errno = errno;
+                    child_stage = STAGE_SETRLIMIT;
+                    _exit(127);
+                }
+                if (near.rlim_max > cur.rlim_max)
+                    near.rlim_max = cur.rlim_max;
+                if (near.rlim_cur > near.rlim_max)
+                    near.rlim_cur = near.rlim_max;
+                if (setrlimit(lim_res[i], &near) < 0) {
+                    child_errno = errno;
+                    child_stage = STAGE_SETRLIMIT;
+                    _exit(127);
+                }
             }
         }
         if (mask >= 0)

@@ -291,15 +291,25 @@ def _tune(req: SpawnRequest) -> None:  # pragma: no cover - runs in the child
         os.setpriority(os.PRIO_PROCESS, 0, req.nice)
     if req.oom_score_adj is not None:
         _stage = "oom_score_adj"
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(req.oom_score_adj))
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(req.oom_score_adj))
+        except PermissionError:
+            pass  # as systemd: refused for want of privilege means a container; go on
     _stage = "setrlimit"
     if req.nofile is not None:
         hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(req.nofile, hard), hard))
     inf = resource.RLIM_INFINITY
     for number, soft, hard in req.limits:
-        resource.setrlimit(number, (inf if soft < 0 else soft, inf if hard < 0 else hard))
+        want = (inf if soft < 0 else soft, inf if hard < 0 else hard)
+        try:
+            resource.setrlimit(number, want)
+        except ValueError:  # EPERM, as Python says it: systemd's setrlimit_closest()
+            cap = resource.getrlimit(number)[1]
+            top = want[1] if cap == inf or (want[1] != inf and want[1] <= cap) else cap
+            resource.setrlimit(number, (want[0] if want[0] != inf and want[0] <= top
+                                        else top, top))
     if req.umask is not None:
         os.umask(req.umask)
 

@@ -170,7 +170,8 @@ class _Loader:
         resolved = os.path.realpath(path)
         name = os.path.basename(target)
         if (os.path.dirname(resolved) != os.path.realpath(self.directory) or name == base
-                or os.path.splitext(name)[1] != os.path.splitext(base)[1]):
+                or os.path.splitext(name)[1] != os.path.splitext(base)[1]
+                or "@." in name):  # foo@bar.service -> foo@.service: an instance
             return None
         return name
 

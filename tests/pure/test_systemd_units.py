@@ -93,7 +93,9 @@ class TestGunicornPair:
         assert warnings == [
             f"{svc}:4: Unit.After: dependencies on .target units are not implemented; "
             "network.target ignored",
-            f"{svc}:20: Service.PrivateTmp: not implemented by Aeterna; ignored",
+            f"{svc}:20: Service.PrivateTmp: not implemented by Aeterna; ignored (under "
+            "systemd it would have given the unit private /tmp, devices, network, users or "
+            "IPC)",
         ]
 
     def test_loading_either_file_gives_the_same_unit(self) -> None:
@@ -363,10 +365,14 @@ def test_warnings_for_unimplemented_and_unknown() -> None:
     _, warnings = load_dir(DATA / "warnings")
     f = DATA / "warnings" / "warn.service"
     assert warnings == [
-        f"{f}:8: Service.PrivateTmp: not implemented by Aeterna; ignored",
-        f"{f}:9: Service.ProtectSystem: not implemented by Aeterna; ignored",
+        f"{f}:8: Service.PrivateTmp: not implemented by Aeterna; ignored (under systemd it "
+        "would have given the unit private /tmp, devices, network, users or IPC)",
+        f"{f}:9: Service.ProtectSystem: not implemented by Aeterna; ignored (under systemd it "
+        "would have made parts of the file system, kernel or clock read-only or hidden)",
         f"{f}:10: Service.ExecStrat: unknown directive; ignored",
-        f"{f}:12: Service.StandardOutput: not implemented by Aeterna; ignored",
+        f"{f}:12: Service.StandardOutput: not implemented by Aeterna; ignored (under systemd "
+        "it would have connected the unit's stdio elsewhere (here: the manager's output, "
+        "prefixed))",
         f"{f}:16: X-Aeterna.StateHandofTimeoutSec: unknown Aeterna setting; ignored",
         f"{f}:24: [Timer]: unknown section in a .service unit; ignored",
     ]
