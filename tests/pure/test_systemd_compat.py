@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fakes import FakeHost, spec
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,9 +22,11 @@ from aeterna.loader.ini import SpecifierContext
 from aeterna.loader.systemd_exec import parse_limit
 from aeterna.loader.systemd_units import load_systemd_dir
 from aeterna.loader.systemd_words import expand_exec_env, parse_exec
-from aeterna.model import DirectoryKind, ServiceType
+from aeterna.model import DirectoryKind, RestartPolicy, ServiceType
 from aeterna.results import ExitInfo, Result
 from aeterna.unit.policy import classify_exit, exit_matches
+from aeterna.unit.runtime import UnitRuntime
+from aeterna.unit.states import Event, State
 
 CTX = SpecifierContext(runtime_dir="/run", user="root", uid=0, home="/root", hostname="box")
 
@@ -204,3 +208,65 @@ def test_names_with_suffix_and_aliases() -> None:
     assert resolve_name(units, "syslog.service") == "rsyslog"  # type: ignore[arg-type]
     assert resolve_name(units, "syslog") == "rsyslog"  # type: ignore[arg-type]
     assert resolve_name(units, "nope.service") == "nope.service"  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------ the unit, with a fake host
+
+
+def fake_unit(h: FakeHost, **service: Any) -> UnitRuntime:
+    return UnitRuntime(spec(**service), h)
+
+
+def test_forking_waits_for_the_pid_file_then_supervises_the_daemon() -> None:
+    h = FakeHost()
+    u = fake_unit(h, type=ServiceType.FORKING, pid_file="/run/d.pid")
+    u.dispatch(Event.START)
+    parent = u.main_pid
+    assert u.state is State.STARTING and parent is not None
+    h.forked_pid = -1  # the PID file is not there yet when the parent exits
+    h.exit(u, parent, ExitInfo(code=0))
+    assert u.state is State.STARTING and u.main_pid is None
+    h.forked_pid = 4242
+    assert h.fire_next()
+    assert u.state is State.ACTIVE and u.main_pid == 4242
+
+
+def test_forking_parent_failure_fails_the_start() -> None:
+    h = FakeHost()
+    u = fake_unit(h, type=ServiceType.FORKING)
+    u.dispatch(Event.START)
+    assert u.main_pid is not None
+    h.exit(u, u.main_pid, ExitInfo(code=1))
+    assert u.state is State.FAILED and u.result is Result.EXIT_CODE
+
+
+def test_remain_after_exit_stays_up_and_restart_prevent_holds() -> None:
+    h = FakeHost()
+    u = fake_unit(h, remain_after_exit=True)
+    u.dispatch(Event.START)
+    assert u.main_pid is not None
+    h.exit(u, u.main_pid, ExitInfo(code=0))
+    assert u.state is State.EXITED
+    h2 = FakeHost()
+    v = fake_unit(h2, restart=RestartPolicy.ON_FAILURE, restart_prevent=(255,))
+    v.dispatch(Event.START)
+    assert v.main_pid is not None
+    h2.exit(v, v.main_pid, ExitInfo(code=255))
+    assert v.state is State.FAILED  # RestartPreventExitStatus=255: no restart
+    w = fake_unit(FakeHost(), restart=RestartPolicy.NO, restart_force=("SIGPIPE",))
+    w.dispatch(Event.START)
+    assert w.main_pid is not None
+    w.host.exit(w, w.main_pid, ExitInfo(signal=13))  # type: ignore[attr-defined]
+    assert w.state is State.AUTO_RESTART  # RestartForceExitStatus=SIGPIPE
+
+
+def test_exec_stop_post_runs_after_a_failed_start() -> None:
+    h = FakeHost()
+    u = fake_unit(h, exec_start_pre=(("/bin/false",),), exec_stop_post=(("/bin/cleanup",),))
+    u.dispatch(Event.START)
+    assert u.command_pid is not None
+    h.exit(u, u.command_pid, ExitInfo(code=1))
+    assert u.state is State.STOP_POST and h.commands[-1] == ("/bin/cleanup",)
+    assert u.command_pid is not None
+    h.exit(u, u.command_pid, ExitInfo(code=0))
+    assert u.state is State.FAILED and u.result is Result.EXIT_CODE
