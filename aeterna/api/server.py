@@ -222,7 +222,7 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
         return {"ok": outcome.outcome == "promoted", "unit": unit, "outcome": outcome.outcome,
                 "relay": outcome.as_dict()}
     if action == "in-place":
-        if u.state is not State.ACTIVE:
+        if u.state not in (State.ACTIVE, State.EXITED):
             raise ControlError("bad-state", f"{unit} is {u.state.value}, not active: "
                                "nothing to reload")
         before = u.snapshot()["reloads"]
@@ -230,7 +230,7 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
         if no_block:
             return {"ok": True, "unit": unit, "outcome": "queued"}
         await m.wait_for(lambda: u.snapshot()["reloads"] > before
-                         or u.state not in (State.RELOADING, State.ACTIVE))
+                         or u.state not in (State.RELOADING, State.ACTIVE, State.EXITED))
         snap = u.snapshot()
         outcome_name = snap["last_reload"] if snap["reloads"] > before else "failed"
         return {"ok": outcome_name == "success", "unit": unit, "outcome": outcome_name,

@@ -58,6 +58,7 @@ TRANSITIONS.update({
     (_S.RELOADING, _E.TIMEOUT): reload.reloading_timeout,
     (_S.RELOADING, _E.COMMAND_EXITED): commands.command_exited,
     (_S.EXITED, _E.STOP): stopping.exited_stop,
+    (_S.EXITED, _E.RELOAD): reload.exited_reload,
     (_S.STOP_PRE, _E.COMMAND_EXITED): commands.command_exited,
     (_S.STOP_PRE, _E.TIMEOUT): commands.command_timeout,
     (_S.STOP_PRE, _E.EXITED): stopping.stop_pre_exited,

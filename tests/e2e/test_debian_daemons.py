@@ -340,6 +340,20 @@ def test_postgresql_remain_after_exit_and_forking_instance(aeterna: Any, tmp_pat
     st = box.m.wait_status(instance, lambda s: s["state"] == "active", 90)
     pid = st["main_pid"]
     box.inside(["pg_isready", "-h", "127.0.0.1", "-p", "5432", "-t", "10"])
+    # A new setting, and the instance's ExecReload= (pg_ctlcluster reload): same pid.
+    conf = box.copies[f"/etc/postgresql/{version}/main"] / "postgresql.conf"
+    conf.write_text(conf.read_text() + "\nwork_mem = '7777kB'\n")
+    reply = box.m.ctl("reload", instance)
+    assert reply["ok"] and reply["result"]["outcome"] == "success", reply
+    assert box.m.status(instance)["main_pid"] == pid
+    deadline = time.monotonic() + 20
+    while "7777kB" not in box.inside(["runuser", "-u", "postgres", "--", "psql", "-Atc",
+                                      "show work_mem"]):
+        assert time.monotonic() < deadline, "the reload never took"
+        time.sleep(0.2)
+    # postgresql.service: "active (exited)" reloads too (ExecReload=/bin/true), stays exited.
+    reply = box.m.ctl("reload", "postgresql")
+    assert reply["ok"] and reply["result"]["state"] == "exited", reply
     stop_leaves_nothing(box, instance, pid)
     assert box.m.status("postgresql")["state"] == "exited"  # still "active (exited)"
     box.finish()

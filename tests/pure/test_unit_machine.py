@@ -255,6 +255,7 @@ CELLS: dict[tuple[State, Event], Cell] = {
     (S.RELOADING, E.COMMAND_EXITED): Cell(reloading, S.ACTIVE, (("info", OK),),
                                           _reloads(1, "success")),
     (S.EXITED, E.STOP): Cell(exited, S.INACTIVE),
+    (S.EXITED, E.RELOAD): Cell(exited, S.EXITED, check=_reloads(1, "success")),
     (S.STOP_PRE, E.COMMAND_EXITED): Cell(stop_pre, S.INACTIVE, (("info", OK),),
                                          _signalled(signal.SIGTERM)),
     (S.STOP_PRE, E.TIMEOUT): Cell(stop_pre, S.FAILED, check=_result(Result.TIMEOUT)),
