@@ -270,3 +270,17 @@ def test_exec_stop_post_runs_after_a_failed_start() -> None:
     assert u.command_pid is not None
     h.exit(u, u.command_pid, ExitInfo(code=0))
     assert u.state is State.FAILED and u.result is Result.EXIT_CODE
+
+
+def test_yaml_forking_cannot_be_hot_relayed() -> None:
+    from aeterna.loader.errors import UnitError
+    from aeterna.loader.yaml_units import load_yaml_unit
+
+    text = ("service:\n  name: n\n  command: [/usr/sbin/nginx]\n  type: forking\n"
+            "orchestration:\n  strategy: hot-relay\n")
+    with pytest.raises(UnitError) as info:
+        load_yaml_unit(text, "n.yaml")
+    assert str(info.value).startswith("n.yaml:6: orchestration.strategy: expected restart for "
+                                      "type: forking, found 'hot-relay'")
+    ok = load_yaml_unit(text.replace("hot-relay", "restart"), "n.yaml")
+    assert ok.service.type is ServiceType.FORKING
