@@ -12,12 +12,12 @@ from typing import Any
 
 import pytest
 from fakes import FakeHost, spec
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aeterna.api.server import resolve_name
 from aeterna.loader import load_paths
-from aeterna.loader.errors import UnitErrors
+from aeterna.loader.errors import UnitError, UnitErrors
 from aeterna.loader.ini import SpecifierContext
 from aeterna.loader.systemd_exec import parse_limit
 from aeterna.loader.systemd_units import load_systemd_dir
@@ -284,3 +284,33 @@ def test_yaml_forking_cannot_be_hot_relayed() -> None:
                                       "type: forking, found 'hot-relay'")
     ok = load_yaml_unit(text.replace("hot-relay", "restart"), "n.yaml")
     assert ok.service.type is ServiceType.FORKING
+
+
+_FUZZ_KEYS = ("Service.LimitNOFILE", "Service.LimitCPU", "Service.LimitNICE",
+              "Service.LimitRTTIME", "Service.UMask", "Service.Nice", "Service.OOMScoreAdjust",
+              "Service.RuntimeDirectory", "Service.StateDirectoryMode",
+              "Service.SuccessExitStatus", "Service.RestartPreventExitStatus",
+              "Service.PIDFile", "Service.Type", "Service.DynamicUser",
+              "Service.SupplementaryGroups", "Service.RuntimeMaxSec",
+              "Service.RuntimeDirectoryPreserve", "Unit.ConditionPathExists",
+              "Unit.AssertUser", "Install.Alias")
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(_FUZZ_KEYS),
+       st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc")), max_size=30))
+def test_fuzz_new_directives_give_located_errors_only(key: str, value: str) -> None:
+    """Whatever the value, a load gives units or located errors, never a traceback."""
+    import tempfile
+
+    section, name = key.split(".")
+    value = value.rstrip("\\").strip()  # a trailing backslash would continue the line
+    with tempfile.TemporaryDirectory() as tmp:
+        text = f"[Service]\nExecStart=/bin/a\n[{section}]\n{name}={value}\n"
+        (Path(tmp) / "a.service").write_text(text)
+        errors: list[UnitError] = []
+        units, _ = load_systemd_dir(tmp, specifiers=CTX, errors=errors)
+        for e in errors:
+            assert e.file.endswith("a.service") and e.line == 4, e
+            assert f"{section}.{name}" in e.key or e.key.startswith(section), e
+        assert len(units) + bool(errors) == 1
