@@ -40,6 +40,8 @@ def _finish(u: UnitRuntime, outcome: str) -> None:
     log = u.host.info if outcome == "success" else u.host.warning
     log("unit.reloaded", unit=u.name, outcome=outcome)
     u.enter(u.reload.back)
+    if u.reload.back is State.ACTIVE:
+        u.arm_runtime_max()
     u.reload.back = State.ACTIVE
 
 

@@ -310,8 +310,14 @@ class UnitRuntime:
         self.enter(State.EXITED if oneshot_done else State.ACTIVE)
         if not oneshot_done:
             self.watchdog.arm(self.watchdog_usec())
-            if svc.runtime_max_sec != float("inf"):
-                self.arm(svc.runtime_max_sec, Event.TIMEOUT)
+            self.arm_runtime_max()
+
+    def arm_runtime_max(self) -> None:
+        """ACTIVE's one deadline: what is left of RuntimeMaxSec= since the start (a
+        reload, which uses the state timer, re-arms it on its way back)."""
+        limit = self.spec.service.runtime_max_sec
+        if limit != float("inf") and self.started_at is not None:
+            self.arm(max(0.0, limit - (time.monotonic() - self.started_at)), Event.TIMEOUT)
 
     def active_timeout(self) -> None:
         """RuntimeMaxSec= passed: stop it, and count a timeout (as systemd does)."""

@@ -314,3 +314,16 @@ def test_fuzz_new_directives_give_located_errors_only(key: str, value: str) -> N
             assert e.file.endswith("a.service") and e.line == 4, e
             assert f"{section}.{name}" in e.key or e.key.startswith(section), e
         assert len(units) + bool(errors) == 1
+
+
+def test_runtime_max_survives_a_reload() -> None:
+    h = FakeHost()
+    u = fake_unit(h, runtime_max_sec=60.0, exec_reload=(("/bin/reload",),))
+    u.dispatch(Event.START)
+    assert u.state is State.ACTIVE
+    u.dispatch(Event.RELOAD)
+    assert u.state is State.RELOADING and u.command_pid is not None
+    h.exit(u, u.command_pid, ExitInfo(code=0))
+    assert u.state is State.ACTIVE
+    assert h.fire_next()  # the RuntimeMaxSec= deadline, re-armed
+    assert u.state is State.STOPPING and u.result is Result.TIMEOUT
