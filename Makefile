@@ -46,6 +46,12 @@ export GOPATH := $(CURDIR)/build/go
 export GOPROXY := off
 export GOFLAGS := -mod=mod
 
+# Debian daemons whose shipped unit files the drop-in tests run unchanged
+# (tests/e2e/test_debian_daemons.py skips one that is missing). Separate, so that
+# `make test DAEMON_PACKAGES=` skips them. Their maintainer scripts would start
+# them: a policy-rc.d that answers 101 ("not allowed") holds them for the install.
+DAEMON_PACKAGES ?= nginx php8.2-fpm openssh-server redis-server postgresql
+
 # The `test` extra from pyproject.toml, less systemd-python.
 TEST_DEPS_NO_SYSTEMD := import tomllib; \
     d = tomllib.load(open("pyproject.toml", "rb")); \
@@ -54,7 +60,7 @@ TEST_DEPS_NO_SYSTEMD := import tomllib; \
 
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: help demo test lint bench clean sysdeps venv rootfs deb deb-check image
+.PHONY: help demo test lint bench clean sysdeps daemons venv rootfs deb deb-check image
 
 help:
 	@echo "targets: demo test lint bench deb deb-check image clean sysdeps"
@@ -82,6 +88,27 @@ sysdeps:
 	echo "sysdeps: installing missing Debian packages:$$missing"; \
 	apt-get update -q; \
 	apt-get install -y -q --no-install-recommends $$missing
+
+daemons:
+	@[ -n "$(strip $(DAEMON_PACKAGES))" ] || exit 0; \
+	command -v dpkg-query >/dev/null 2>&1 || exit 0; \
+	missing=""; \
+	for p in $(DAEMON_PACKAGES); do \
+	    dpkg-query -W -f='$${db:Status-Status}' $$p 2>/dev/null | grep -qx installed \
+	        || missing="$$missing $$p"; \
+	done; \
+	[ -z "$$missing" ] && exit 0; \
+	if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "daemons: not root; missing:$$missing (their tests skip)"; exit 0; \
+	fi; \
+	echo "daemons: installing$$missing, held stopped by policy-rc.d"; \
+	if [ ! -e /usr/sbin/policy-rc.d ]; then \
+	    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d; chmod 755 /usr/sbin/policy-rc.d; \
+	    trap 'rm -f /usr/sbin/policy-rc.d' EXIT; \
+	fi; \
+	{ apt-get install -y -q --no-install-recommends $$missing \
+	  || { apt-get update -q && apt-get install -y -q --no-install-recommends $$missing; }; } \
+	  || echo "daemons: apt-get could not install them; their tests skip"
 
 # A Debian 12 root file system (tarball) for the package and container tests,
 # built once from apt's own mirror and cached.
@@ -175,7 +202,7 @@ lint: $(STAMP_TEST)
 	$(VENV)/bin/lint-imports --no-cache
 
 # pytest exits 5 when it collects no test; that is not a failure of the build.
-test: sysdeps lint
+test: sysdeps daemons lint
 	@rc=0; $(VENV)/bin/pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; rc=0; fi; \
 	exit $$rc

@@ -22,7 +22,6 @@ from typing import Any
 from . import __version__
 from .api.client import default_path, request
 from .loader import load_paths
-from .loader.errors import UnitErrors
 from .log import Log
 from .results import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 
@@ -93,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _validate(paths: list[str], instance: str | None = None) -> int:
+    """Every error and every warning; exit 2 if any unit cannot load."""
     instances: list[str] = []
     if instance is not None:
         from .scaffold import show_rendered
@@ -100,33 +100,32 @@ def _validate(paths: list[str], instance: str | None = None) -> int:
         rc, instances = show_rendered(paths, instance)
         if rc:
             return rc
-    try:
-        result = load_paths(paths, instances)
-    except UnitErrors as exc:
-        for err in exc.errors:
-            print(err, file=sys.stderr)
-        return EXIT_USAGE
+    result = load_paths(paths, instances, partial=True)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
+    for err in result.errors:
+        print(err, file=sys.stderr)
     for u in result.units:
         print(f"{u.source.file}: {u.name}: ok")
         if u.name in instances:
             from .scaffold import describe
 
             print(describe(u))
-    return EXIT_OK
+    return EXIT_USAGE if result.errors else EXIT_OK
 
 
 def _start(args: argparse.Namespace) -> int:
     from .manager.manager import Manager
 
     log = Log(level=args.log_level)
-    try:
-        loaded = load_paths(args.config)
-    except UnitErrors as exc:
-        for err in exc.errors:
+    # As systemd boots: a unit that cannot load is reported and left out; the rest run.
+    loaded = load_paths(args.config, partial=True)
+    if loaded.errors and not loaded.units:
+        for err in loaded.errors:
             print(err, file=sys.stderr)
         return EXIT_USAGE
+    for err in loaded.errors:
+        log.error("unit.not-loaded", error=str(err))
     for w in loaded.warnings:
         log.warning("unit.warning", warning=str(w))
     from .api.surfaces import Surfaces

@@ -21,6 +21,7 @@ class ServiceType(enum.Enum):
     NOTIFY = "notify"
     NOTIFY_RELOAD = "notify-reload"
     ONESHOT = "oneshot"
+    FORKING = "forking"  # up when the started process exits 0; its child is the main one
 
 
 class RestartPolicy(enum.Enum):
@@ -150,6 +151,43 @@ class ListenSpec:
     source: Source = field(default=Source("<builtin>"), compare=False)
 
 
+class DirectoryKind(enum.Enum):
+    """systemd.exec(5)'s RuntimeDirectory= family: where each kind lives (as root)."""
+
+    RUNTIME = "runtime"  # /run
+    STATE = "state"  # /var/lib
+    CACHE = "cache"  # /var/cache
+    LOGS = "logs"  # /var/log
+    CONFIGURATION = "configuration"  # /etc
+
+
+@dataclass(frozen=True, slots=True)
+class Directories:
+    """One kind of the RuntimeDirectory= family: relative paths, their mode."""
+
+    kind: DirectoryKind
+    paths: tuple[str, ...]
+    mode: int = 0o755
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One Condition*=/Assert*= check (systemd.unit(5)).
+
+    ``check`` is the directive without its prefix (``PathExists``), ``value``
+    its argument without the ``!`` and ``|``; a failed condition skips the
+    start, a failed assertion fails it. ``trigger``: any one of the ``|``
+    conditions passing is enough.
+    """
+
+    check: str
+    value: str
+    negate: bool = False
+    trigger: bool = False
+    assertion: bool = False
+    source: Source = field(default=Source("<builtin>"), compare=False)
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
     """How to run the unit's main process."""
@@ -180,6 +218,26 @@ class Service:
     limit_nofile: int = 0
     stdin: StandardInput = StandardInput.NULL  # StandardInput= / YAML stdin
     success_exit_status: tuple[int, ...] = ()
+    success_exit_signals: tuple[int, ...] = ()
+    restart_prevent: tuple[int | str, ...] = ()  # exit codes, or signal names "SIGHUP"
+    restart_force: tuple[int | str, ...] = ()
+    # Limit*=: (resource number, soft, hard); -1 is infinity. Applied in the child.
+    limits: tuple[tuple[int, int, int], ...] = ()
+    umask: int | None = None
+    nice: int | None = None
+    oom_score_adjust: int | None = None
+    supplementary_groups: tuple[str, ...] = ()
+    directories: tuple[Directories, ...] = ()
+    runtime_directory_preserve: str = "no"  # no, yes, restart
+    conditions: tuple[Condition, ...] = ()
+    pid_file: str = ""  # Type=forking: where the daemon writes its main pid
+    guess_main_pid: bool = True
+    remain_after_exit: bool = False
+    runtime_max_sec: float = math.inf
+    exec_condition: tuple[tuple[str, ...], ...] = ()
+    exec_stop_post: tuple[tuple[str, ...], ...] = ()
+    privileged: bool = False  # ExecStart's "+" or "!": not run as User=/Group=
+    aliases: tuple[str, ...] = ()  # other names of the unit (Alias=, alias symlinks)
     exec_start_pre: tuple[tuple[str, ...], ...] = ()
     exec_start_post: tuple[tuple[str, ...], ...] = ()
     exec_reload: tuple[tuple[str, ...], ...] = ()
@@ -258,6 +316,9 @@ class StateHandoff:
 @dataclass(frozen=True, slots=True)
 class Orchestration:
     strategy: Strategy = Strategy.RESTART
+    # Given in the unit: a reload without ExecReload= restarts only when
+    # ``strategy: restart`` was asked for (else it is "not applicable").
+    strategy_given: bool = False
     canary: Canary = Canary()
     state_handoff: StateHandoff = StateHandoff()
     pre_flight: tuple[Hook, ...] = ()

@@ -26,6 +26,7 @@ class Result(enum.Enum):
     DEPENDENCY = "dependency"
     PROTOCOL = "protocol"  # e.g. Type=notify exited 0 before READY=1
     RESOURCES = "resources"  # could not set up what the process needs (sockets, user)
+    ASSERT = "assert"  # an Assert*= did not hold (systemd's job result of that name)
 
 
 # Exit codes of the aeterna command itself, in one place.

@@ -14,10 +14,10 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-from ..unit.states import DOWN_STATES, UP_STATES, State
+from ..unit.states import DOWN_STATES, GOING_DOWN_STATES, UP_STATES, State
 from ..wire.control import ControlError, parse_request, reply_error, reply_ok
 from .limits import WaitingLimit
 from .usage import UsageCache
@@ -123,6 +123,8 @@ class ControlServer:
         handler = VERBS.get(verb) if isinstance(verb, str) else None
         if handler is None:
             raise ControlError("bad-request", f"unknown verb {verb!r}")
+        if isinstance(unit, str):
+            unit = resolve_name(self.view.units, unit)
         if unit is not None and unit not in self.view.units and verb == "start" and "@" in unit:
             error = self.view.add_instance(unit)  # a template's instance, by name
             if error:
@@ -132,6 +134,20 @@ class ControlServer:
                     "unit)" if verb in ("reload", "start") else "")
             raise ControlError("not-found", f"no such unit: {unit!r}{hint}")
         return await handler(self, unit, request)
+
+
+def resolve_name(units: Mapping[str, UnitView], name: str) -> str:
+    """A unit's own name for ``name``, as systemctl takes it: with or without
+    ``.service``, or one of its aliases (Alias=, alias symlinks); else ``name``."""
+    if name in units:
+        return name
+    stem = name.removesuffix(".service")
+    if stem in units:
+        return stem
+    for own, u in units.items():
+        if stem in u.spec.service.aliases:
+            return own
+    return name
 
 
 # --------------------------------------------------------------------------- verbs
@@ -170,8 +186,7 @@ async def start(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> An
     u = m.units[unit]
     if u.state in UP_STATES:
         settled = _always
-    elif u.state in DOWN_STATES | {State.AUTO_RESTART, State.STOP_PRE, State.STOPPING,
-                                   State.KILLING}:
+    elif u.state in DOWN_STATES | GOING_DOWN_STATES:
         settled = _next_generation(u)
         m.start_unit(unit)
     else:
@@ -219,8 +234,15 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
         outcomes = [(await f).as_dict() for f in futures]
         return {**result, "outcomes": outcomes,
                 "ok": all(o["outcome"] == "promoted" for o in outcomes)}
-    action, new, error = m.reload_unit(unit, await m.read_units())
+    action, new, error = m.reload_unit(unit, await m.read_unit(unit))
     u = m.units[unit]
+    if action == "refused":
+        raise ControlError("not-relayable", error)
+    if action == "not-applicable":
+        raise ControlError("not-applicable", f"{unit} has no ExecReload= and no hot-relay "
+                           "strategy: reload is not applicable (systemctl refuses it too); "
+                           f"'aeterna restart {unit}' restarts it, or set Strategy=restart "
+                           "in [X-Aeterna] (strategy: restart in YAML) to make reload restart")
     if action == "invalid" or new is None:
         raise ControlError("invalid", error + "\nthe running configuration is kept")
     if action == "relay":
@@ -234,15 +256,15 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
         return {"ok": outcome.outcome == "promoted", "unit": unit, "outcome": outcome.outcome,
                 "relay": outcome.as_dict()}
     if action == "in-place":
-        if u.state is not State.ACTIVE:
+        if u.state not in (State.ACTIVE, State.EXITED):
             raise ControlError("bad-state", f"{unit} is {u.state.value}, not active: "
                                "nothing to reload")
         before = u.snapshot()["reloads"]
-        m.reload_in_place(unit)
+        m.reload_in_place(unit, new)
         if no_block:
             return {"ok": True, "unit": unit, "outcome": "queued"}
         await m.wait_for(lambda: u.snapshot()["reloads"] > before
-                         or u.state not in (State.RELOADING, State.ACTIVE))
+                         or u.state not in (State.RELOADING, State.ACTIVE, State.EXITED))
         snap = u.snapshot()
         outcome_name = snap["last_reload"] if snap["reloads"] > before else "failed"
         return {"ok": outcome_name == "success", "unit": unit, "outcome": outcome_name,

@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -62,25 +63,85 @@ static char **to_cstrings(PyObject *seq, Py_ssize_t extra)
     return out;
 }
 
+/* Write a decimal int (maybe negative) and a newline into buf (>= 16 bytes); its length. */
+static size_t int_line(char *buf, int value)
+{
+    char digits[12];
+    size_t n = 0;
+    int k = 0;
+    unsigned int v = value < 0 ? (unsigned int)(-(long)value) : (unsigned int)value;
+    if (value < 0)
+        buf[n++] = '-';
+    do {
+        digits[k++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0 && k < 11);
+    while (k > 0)
+        buf[n++] = digits[--k];
+    buf[n++] = '\n';
+    return n;
+}
+
+/* The step of the child that failed, for the OSError's strerror (a stage name). */
+enum { STAGE_EXEC = 1, STAGE_CHDIR, STAGE_SETRLIMIT, STAGE_NICE, STAGE_OOM };
+static const char *const stage_names[] = {"", "exec", "chdir", "setrlimit", "nice",
+                                          "oom_score_adj"};
+
+#define NO_NICE 100
+#define NO_OOM -10000
+#define MAX_LIMITS 16
+
 /*
- * spawn(path, argv, envp, pid_names, fd_pairs, cwd, nofile) -> pid
+ * spawn(path, argv, envp, pid_names, fd_pairs, cwd, nofile, limits, umask, nice,
+ *       oom_score_adj) -> pid
  *   path: bytes; argv, envp: lists of bytes; pid_names: list of bytes (e.g.
  *   b"LISTEN_PID") whose value is the child's pid; fd_pairs: list of (src, dst)
  *   applied with dup2 in order (sources must not collide with targets);
  *   cwd: bytes or None; nofile: the child's soft RLIMIT_NOFILE, or -1 to keep
- *   ours (capped at the hard limit). The child gets its own session, an empty signal mask
- *   and default dispositions. Raises OSError (with the errno of the step that
- *   failed: chdir or exec) if the program could not be started.
+ *   ours (capped at the hard limit). limits: list of (resource, soft, hard), -1 for
+ *   infinity, set exactly (systemd's Limit*=: a failure fails the start); umask: -1 to
+ *   keep ours; nice: 100 to keep ours; oom_score_adj: -10000 to keep ours. All are
+ *   applied before exec, in the child. The child gets its own session, an empty signal
+ *   mask and default dispositions. Raises OSError (errno of the step that failed, its
+ *   strerror the step: exec, chdir, setrlimit, nice, oom_score_adj).
  */
 static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
 {
     (void)self;
     const char *path;
     PyObject *argv_obj, *envp_obj, *names_obj, *pairs_obj, *cwd_obj;
+    PyObject *limits_obj = NULL;
     long nofile = -1;
-    if (!PyArg_ParseTuple(args, "yOOOOO|l", &path, &argv_obj, &envp_obj, &names_obj,
-                          &pairs_obj, &cwd_obj, &nofile))
+    int mask = -1, nice_level = NO_NICE, oom = NO_OOM;
+    if (!PyArg_ParseTuple(args, "yOOOOO|lOiii", &path, &argv_obj, &envp_obj, &names_obj,
+                          &pairs_obj, &cwd_obj, &nofile, &limits_obj, &mask, &nice_level,
+                          &oom))
         return NULL;
+    int lim_res[MAX_LIMITS];
+    struct rlimit lim_val[MAX_LIMITS];
+    Py_ssize_t n_limits = 0;
+    if (limits_obj != NULL && limits_obj != Py_None) {
+        PyObject *lseq = PySequence_Fast(limits_obj, "limits must be a sequence");
+        if (lseq == NULL)
+            return NULL;
+        n_limits = PySequence_Fast_GET_SIZE(lseq);
+        if (n_limits > MAX_LIMITS) {
+            Py_DECREF(lseq);
+            PyErr_SetString(PyExc_ValueError, "at most 16 limits");
+            return NULL;
+        }
+        for (Py_ssize_t i = 0; i < n_limits; i++) {
+            long long soft, hard;
+            if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(lseq, i), "iLL", &lim_res[i],
+                                  &soft, &hard)) {
+                Py_DECREF(lseq);
+                return NULL;
+            }
+            lim_val[i].rlim_cur = soft < 0 ? RLIM_INFINITY : (rlim_t)soft;
+            lim_val[i].rlim_max = hard < 0 ? RLIM_INFINITY : (rlim_t)hard;
+        }
+        Py_DECREF(lseq);
+    }
 
     PyObject *argv_seq = PySequence_Fast(argv_obj, "argv must be a sequence");
     PyObject *envp_seq = PySequence_Fast(envp_obj, "envp must be a sequence");
@@ -124,6 +185,7 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     volatile int child_errno = 0;
+    volatile int child_stage = 0;
     pid_t pid = vfork();
     if (pid == 0) {
         char bufs[4][64];
@@ -143,6 +205,25 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
                 _exit(127);
             }
         }
+        if (nice_level != NO_NICE && setpriority(PRIO_PROCESS, 0, nice_level) < 0) {
+            child_errno = errno;
+            child_stage = STAGE_NICE;
+            _exit(127);
+        }
+        if (oom != NO_OOM) {
+            char line[16];
+            size_t n = int_line(line, oom);
+            int fd = open("/proc/self/oom_score_adj", O_WRONLY | O_CLOEXEC);
+            /* As systemd: refused for want of privilege means a container; go on. */
+            if ((fd < 0 || write(fd, line, n) != (ssize_t)n) && errno != EACCES &&
+                errno != EPERM) {
+                child_errno = errno;
+                child_stage = STAGE_OOM;
+                _exit(127);
+            }
+            if (fd >= 0)
+                close(fd);
+        }
         if (nofile >= 0) {
             /* Best effort, as a shell's ulimit: the limit we raised for ourselves
              * goes back to what we were started with. */
@@ -152,8 +233,32 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
                 setrlimit(RLIMIT_NOFILE, &rl);
             }
         }
+        for (Py_ssize_t i = 0; i < n_limits; i++) {
+            /* systemd's setrlimit_closest(): a limit above what we may raise to (a
+             * container's hard limit) becomes the highest one we may set. */
+            if (setrlimit(lim_res[i], &lim_val[i]) < 0) {
+                struct rlimit cur, near = lim_val[i];
+                if (errno != EPERM || getrlimit(lim_res[i], &cur) < 0) {
+                    child_errno = errno;
+                    child_stage = STAGE_SETRLIMIT;
+                    _exit(127);
+                }
+                if (near.rlim_max > cur.rlim_max)
+                    near.rlim_max = cur.rlim_max;
+                if (near.rlim_cur > near.rlim_max)
+                    near.rlim_cur = near.rlim_max;
+                if (setrlimit(lim_res[i], &near) < 0) {
+                    child_errno = errno;
+                    child_stage = STAGE_SETRLIMIT;
+                    _exit(127);
+                }
+            }
+        }
+        if (mask >= 0)
+            umask((mode_t)mask);
         if (cwd != NULL && chdir(cwd) < 0) {
-            child_errno = -errno; /* negative: the chdir failed, not the exec */
+            child_errno = errno;
+            child_stage = STAGE_CHDIR;
             _exit(127);
         }
         pid_t me = getpid();
@@ -165,6 +270,7 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
         sigprocmask(SIG_SETMASK, &((sigset_t){0}), NULL);
         execve(path, argv, envp);
         child_errno = errno;
+        child_stage = STAGE_EXEC;
         _exit(127);
     }
     int saved = errno;
@@ -178,8 +284,8 @@ static PyObject *fastspawn_spawn(PyObject *self, PyObject *args)
         int status;
         while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
             ;
-        int err = child_errno < 0 ? -child_errno : child_errno;
-        PyObject *exc = Py_BuildValue("(is)", err, child_errno < 0 ? "chdir" : "exec");
+        int stage = child_stage > 0 && child_stage <= STAGE_OOM ? child_stage : STAGE_EXEC;
+        PyObject *exc = Py_BuildValue("(is)", child_errno, stage_names[stage]);
         if (exc != NULL) {
             PyErr_SetObject(PyExc_OSError, exc);
             Py_DECREF(exc);
@@ -201,7 +307,8 @@ done:
 
 static PyMethodDef methods[] = {
     {"spawn", fastspawn_spawn, METH_VARARGS,
-     "spawn(path, argv, envp, pid_names, fd_pairs, cwd, nofile=-1) -> pid: vfork and exec."},
+     "spawn(path, argv, envp, pid_names, fd_pairs, cwd, nofile=-1, limits=None, umask=-1, "
+     "nice=100, oom_score_adj=-10000) -> pid: vfork and exec."},
     {NULL, NULL, 0, NULL},
 };
 

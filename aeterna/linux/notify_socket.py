@@ -124,6 +124,8 @@ class NotifyReceiver:
         Never raises because of what a sender did: every bad datagram comes back
         as a :class:`Datagram` with a ``rejection`` and its fds already closed.
         """
+        if self._sock.fileno() == -1:
+            return None  # closed at shutdown; a late SIGCHLD still drains first
         try:
             payload, ancdata, msg_flags, _ = self._sock.recvmsg(
                 _RECV_BUFSIZE,
@@ -132,6 +134,8 @@ class NotifyReceiver:
             )
         except (BlockingIOError, InterruptedError):
             return None
+        except OSError:
+            return None  # nothing a sender does gets here; never take the loop down
         # Collect every fd first: they are already open in this process, whatever the
         # verdict. MSG_CMSG_CLOEXEC keeps them out of children forked meanwhile.
         fds: list[int] = []

@@ -57,6 +57,17 @@ class SpawnRequest:
     argv0: str = ""
     # The child's soft RLIMIT_NOFILE (None: the manager's own, inherited).
     nofile: int | None = None
+    # Limit*=: (resource, soft, hard), -1 = infinity, set exactly after ``nofile``.
+    limits: tuple[tuple[int, int, int], ...] = ()
+    umask: int | None = None
+    nice: int | None = None
+    oom_score_adj: int | None = None
+
+    @property
+    def tunes(self) -> bool:
+        """Anything beyond fds, cwd and the default fd limit to apply before exec."""
+        return bool(self.limits) or self.umask is not None or self.nice is not None \
+            or self.oom_score_adj is not None
 
 
 class SpawnError(Exception):
@@ -124,7 +135,8 @@ def spawn(req: SpawnRequest, exact_exec: bool = False) -> int:
     if _fastspawn is not None and not switches_user:
         return _vfork_spawn(req, resolve(req.argv[0], req.env, req.cwd, check=False))
     program = resolve(req.argv[0], req.env, req.cwd)
-    if (not exact_exec and not switches_user and not req.argv0 and os.path.exists(SHELL)):
+    if (not exact_exec and not switches_user and not req.argv0 and not req.tunes
+            and os.path.exists(SHELL)):
         return _posix_spawn(req, program)
     return _fork_exec(req, program)
 
@@ -170,6 +182,9 @@ def _high_copies(req: SpawnRequest, temps: list[int]) -> list[tuple[int, int]]:
     return pairs
 
 
+_STAGES = ("chdir", "exec", "setrlimit", "nice", "oom_score_adj")
+
+
 def _vfork_spawn(req: SpawnRequest, program: str) -> int:
     """The C extension's vfork: no copy of the manager, LISTEN_PID set by the child."""
     assert _fastspawn is not None
@@ -181,12 +196,14 @@ def _vfork_spawn(req: SpawnRequest, program: str) -> int:
     try:
         pairs = _high_copies(req, temps)
         try:
-            return int(_fastspawn.spawn(os.fsencode(program), argv, env,
-                                        [os.fsencode(n) for n in req.pid_env], pairs,
-                                        os.fsencode(req.cwd) if req.cwd else None,
-                                        -1 if req.nofile is None else req.nofile))
+            return int(_fastspawn.spawn(
+                os.fsencode(program), argv, env, [os.fsencode(n) for n in req.pid_env], pairs,
+                os.fsencode(req.cwd) if req.cwd else None,
+                -1 if req.nofile is None else req.nofile, list(req.limits),
+                -1 if req.umask is None else req.umask, 100 if req.nice is None else req.nice,
+                -10000 if req.oom_score_adj is None else req.oom_score_adj))
         except OSError as exc:
-            stage = exc.strerror if exc.strerror in ("chdir", "exec") else "exec"
+            stage = exc.strerror if exc.strerror in _STAGES else "exec"
             raise SpawnError(stage, exc.errno or errno_mod.EIO,
                              req.cwd if stage == "chdir" else program) from None
     finally:
@@ -264,6 +281,43 @@ def _fork_exec(req: SpawnRequest, program: str) -> int:
     return pid
 
 
+def _tune(req: SpawnRequest) -> None:  # pragma: no cover - runs in the child
+    """Nice, OOM score, limits and umask, before the identity switch (which may lose
+    the privilege to raise them), in systemd's order."""
+    import resource
+
+    global _stage
+    if req.nice is not None:
+        _stage = "nice"
+        os.setpriority(os.PRIO_PROCESS, 0, req.nice)
+    if req.oom_score_adj is not None:
+        _stage = "oom_score_adj"
+        try:
+            with open("/proc/self/oom_score_adj", "w") as f:
+                f.write(str(req.oom_score_adj))
+        except PermissionError:
+            pass  # as systemd: refused for want of privilege means a container; go on
+    _stage = "setrlimit"
+    if req.nofile is not None:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(req.nofile, hard), hard))
+    inf = resource.RLIM_INFINITY
+    for number, soft, hard in req.limits:
+        want = (inf if soft < 0 else soft, inf if hard < 0 else hard)
+        try:
+            resource.setrlimit(number, want)
+        except ValueError:  # EPERM, as Python says it: systemd's setrlimit_closest()
+            cap = resource.getrlimit(number)[1]
+            top = want[1] if cap == inf or (want[1] != inf and want[1] <= cap) else cap
+            resource.setrlimit(number, (want[0] if want[0] != inf and want[0] <= top
+                                        else top, top))
+    if req.umask is not None:
+        os.umask(req.umask)
+
+
+_stage = ""  # the child's current step, for its error report
+
+
 def _child(req: SpawnRequest, program: str, argv: list[str], env_items: list[tuple[str, str]],
            pairs: list[tuple[int, int]], errfd: int) -> None:  # pragma: no cover
     """Runs between fork and exec. Only os-level calls; never returns."""
@@ -294,12 +348,8 @@ def _child(req: SpawnRequest, program: str, argv: list[str], env_items: list[tup
                 os.closerange(low, fd)
                 low = fd + 1
         os.closerange(low, 1 << 20)
-        stage = "setrlimit"
-        if req.nofile is not None:
-            import resource
-
-            hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-            resource.setrlimit(resource.RLIMIT_NOFILE, (min(req.nofile, hard), hard))
+        stage = "tune"
+        _tune(req)
         stage = "setgroups"
         if req.groups is not None:
             os.setgroups(list(req.groups))
@@ -319,6 +369,8 @@ def _child(req: SpawnRequest, program: str, argv: list[str], env_items: list[tup
             env[name] = me
         os.execve(program, argv, env)
     except OSError as exc:
+        if stage == "tune":
+            stage = _stage
         try:
             os.write(errfd, f"{stage}:{exc.errno or errno_mod.EIO}".encode())
         finally:

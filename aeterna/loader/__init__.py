@@ -35,17 +35,22 @@ SYSTEMD_SUFFIXES = (".service", ".socket")
 class LoadResult:
     units: tuple[UnitSpec, ...]
     warnings: tuple[UnitWarning, ...] = field(default=())
+    errors: tuple[UnitError, ...] = field(default=())  # partial loads: the units left out
 
     def by_name(self) -> dict[str, UnitSpec]:
         return {u.name: u for u in self.units}
 
 
 def load_paths(paths: list[str] | tuple[str, ...],
-               instances: list[str] | tuple[str, ...] = ()) -> LoadResult:
+               instances: list[str] | tuple[str, ...] = (), partial: bool = False
+               ) -> LoadResult:
     """Load and validate every unit under ``paths``; raise UnitErrors on any error.
 
     ``instances``: template instances (``web@8080``) to load besides the files,
     from the template ``web@.yaml`` among ``paths`` (see ``instances.py``).
+    ``partial`` (the manager's start, as systemd's boot): a unit that cannot load,
+    or that requires one that cannot, is left out and its errors are in the
+    result; the others load. The same file named twice is one unit.
     """
     units: list[UnitSpec] = []
     warnings: list[UnitWarning] = []
@@ -57,11 +62,32 @@ def load_paths(paths: list[str] | tuple[str, ...],
             continue
         _load_one_path(path, units, warnings, errors)
     _load_instances(paths, instances, units, errors)
+    # `validate ssh.service ssh.socket` reads one unit twice: it is not a duplicate.
+    units = list({(u.name, u.source.file): u for u in units}.values())
+    if partial:
+        units = _without_broken(units, errors)
+        return LoadResult(tuple(units), tuple(warnings), tuple(errors))
     if not errors:
         errors.extend(check_graph(units))
     if errors:
         raise UnitErrors(errors)
     return LoadResult(tuple(units), tuple(warnings))
+
+
+def _without_broken(units: list[UnitSpec], errors: list[UnitError]) -> list[UnitSpec]:
+    """Drop, with an error each, what the graph check refuses, until it refuses nothing."""
+    while True:
+        problems = check_graph(units)
+        if not problems:
+            return units
+        errors.extend(problems)
+        blamed = {(p.file, p.line) for p in problems}
+        keep = [u for u in units if not any((d.source.file, d.source.line) in blamed
+                                            for d in u.service.depends_on)
+                and (u.source.file, u.source.line) not in blamed]
+        if len(keep) == len(units):  # nothing pinned on one unit: give up on all named
+            return []
+        units = keep
 
 
 def _load_one_path(path: str, units: list[UnitSpec], warnings: list[UnitWarning],
@@ -155,9 +181,9 @@ def _load_systemd(directory: str, single: str | None, units: list[UnitSpec],
 
     try:
         if single is None:
-            loaded, warned = systemd_units.load_systemd_dir(directory)
+            loaded, warned = systemd_units.load_systemd_dir(directory, errors=errors)
         else:
-            loaded, warned = systemd_units.load_systemd_file(single)
+            loaded, warned = systemd_units.load_systemd_file(single, errors=errors)
     except UnitErrors as exc:
         errors.extend(exc.errors)
         return

@@ -219,6 +219,8 @@ class SpecifierContext:
     gid: int = 0
     home: str = "/root"
     hostname: str = "localhost"
+    kernel_release: str = ""  # %v (uname -r); "" = not known: %v is refused
+    machine_id: str = ""  # %m (/etc/machine-id); "" = not known
 
     @classmethod
     def from_process(cls) -> SpecifierContext:
@@ -238,9 +240,15 @@ class SpecifierContext:
             group = str(gid)
         env = os.environ
         tmp = env.get("TMPDIR", "")
+        try:
+            with open("/etc/machine-id", encoding="ascii") as f:
+                machine_id = f.read().strip()
+        except OSError:
+            machine_id = ""
         ctx = cls(user=user, uid=uid, group=group, gid=gid, home=home,
                   hostname=socket.gethostname(), temp_dir=tmp or "/tmp",
-                  var_temp_dir=tmp or "/var/tmp")
+                  var_temp_dir=tmp or "/var/tmp", kernel_release=os.uname().release,
+                  machine_id=machine_id)
         if uid == 0:
             return ctx
         state = env.get("XDG_STATE_HOME") or f"{home}/.local/state"
@@ -293,6 +301,10 @@ def _specifier(spec: str, name: UnitName, ctx: SpecifierContext) -> str:
     }
     if spec in values:
         return values[spec]
+    if spec == "v" and ctx.kernel_release:
+        return ctx.kernel_release
+    if spec == "m" and ctx.machine_id:
+        return ctx.machine_id
     if spec in "PIJf":
         raw = {"P": prefix, "I": instance, "J": last, "f": instance or prefix}[spec]
         value = unescape_name(raw)

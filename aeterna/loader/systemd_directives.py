@@ -12,17 +12,25 @@ validate the unit as a whole. Wiring units together (sockets to services,
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..log import log_level
-from ..model import KillMode, NotifyAccess, RestartPolicy, SocketType, StandardInput, Strategy
+from ..model import (
+    Condition,
+    KillMode,
+    NotifyAccess,
+    RestartPolicy,
+    SocketType,
+    StandardInput,
+    Strategy,
+)
 from ..wire.address import parse_metrics_address
 from .errors import UnitError, UnitWarning
 from .ini import Entry, SpecifierContext, UnitName, UnitSource, expand_specifiers
-from .systemd_known import IGNORED_SILENTLY, UNIMPLEMENTED, is_unimplemented
+from .systemd_exec import CONDITIONS, EXEC, exit_statuses
+from .systemd_known import IGNORED_SILENTLY, UNIMPLEMENTED, is_unimplemented, would_have
 from .systemd_values import (
     BOOL,
     DURATION,
@@ -34,17 +42,15 @@ from .systemd_values import (
     expect,
     fd_name,
     ipv6_only,
-    is_signal,
-    nofile_limit,
     octal_mode,
-    service_type,
     timeout_span,
     whole_number,
 )
 from .systemd_words import ExecCommand, parse_environment, parse_exec
 
 Handler = Callable[["Draft", Entry, str], None]
-EXEC_KEYS = ("ExecStartPre", "ExecStart", "ExecStartPost", "ExecReload", "ExecStop")
+EXEC_KEYS = ("ExecCondition", "ExecStartPre", "ExecStart", "ExecStartPost", "ExecReload",
+             "ExecStop", "ExecStopPost")
 _LISTEN = {"ListenStream": SocketType.STREAM, "ListenDatagram": SocketType.DATAGRAM,
            "ListenSequentialPacket": SocketType.SEQPACKET, "ListenFIFO": SocketType.FIFO}
 
@@ -70,6 +76,8 @@ class Draft:
     socket: dict[str, Any] = field(default_factory=dict)  # ListenSpec(...) keywords
     orchestration: dict[str, Any] = field(default_factory=dict)
     where: dict[str, Entry] = field(default_factory=dict)  # last entry per Section.Key
+    conditions: list[Condition] = field(default_factory=list)
+    aliases: list[tuple[str, Entry]] = field(default_factory=list)  # [Install] Alias=
 
     @property
     def name(self) -> UnitName:
@@ -90,7 +98,7 @@ def read_draft(source: UnitSource, ctx: SpecifierContext) -> Draft:
     """Apply every section of ``source`` in order; problems land in the draft."""
     d = Draft(source, ctx)
     kind = source.name.suffix
-    tables = {"Unit": UNIT, "Install": None}
+    tables = {"Unit": UNIT, "Install": INSTALL}
     tables.update({"Service": SERVICE, "X-Aeterna": AETERNA} if kind == "service"
                   else {"Socket": SOCKET})
     for section in source.sections:
@@ -117,7 +125,7 @@ def _apply(d: Draft, section: str, table: dict[str, tuple[Handler, bool]], e: En
         if section == "X-Aeterna":
             d.warn(e, key, "unknown Aeterna setting; ignored")
         elif e.key in UNIMPLEMENTED.get(section, ()) or is_unimplemented(section, e.key):
-            d.warn(e, key, "not implemented by Aeterna; ignored")
+            d.warn(e, key, f"not implemented by Aeterna; ignored{would_have(e.key)}")
         else:
             d.warn(e, key, "unknown directive; ignored")
         return
@@ -198,9 +206,6 @@ def _exec(key: str) -> Handler:
         for note in notes:
             d.warn(e, f"Service.{key}", note)
         for cmd in commands:
-            if cmd.privileged:
-                d.warn(e, f"Service.{key}", f"the {cmd.privileged} prefix is not implemented; "
-                       "the command runs with the unit's User= and Group=")
             d.execs.setdefault(key, []).append((cmd, e))
     return handler
 
@@ -250,16 +255,34 @@ def _success_exit_status(d: Draft, e: Entry, v: str) -> None:
     if v == "":
         d.extra.pop("success", None)
         return
-    codes: list[int] = list(d.extra.get("success", ((), e))[0])
+    codes, signals = exit_statuses(v, "SuccessExitStatus", d, e)
+    old_codes, old_signals = d.extra.get("success", (((), ()), e))[0]
+    d.extra["success"] = ((tuple(old_codes) + tuple(codes),
+                           tuple(old_signals) + tuple(signals)), e)
+
+
+def _alias(d: Draft, e: Entry, v: str) -> None:
+    if v == "":
+        d.aliases.clear()
+        return
     for word in v.split():
-        if re.fullmatch(r"[0-9]{1,3}", word) and int(word) <= 255:
-            codes.append(int(word))
-        elif word.startswith("SIG") and is_signal(word):
-            d.warn(e, "Service.SuccessExitStatus", f"signal {word} is not implemented here; "
-                   "a death by this signal still counts as a failure")
-        else:
-            raise expect("exit codes from 0 to 255 or signal names", word)
-    d.extra["success"] = (tuple(codes), e)
+        try:
+            name = UnitName.parse(word)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+        if name.suffix != d.name.suffix:
+            raise expect(f"a name ending in .{d.name.suffix}, as the unit's own", word)
+        d.aliases.append((word, e))
+
+
+def _pid_file(d: Draft, e: Entry, v: str) -> None:
+    if v == "":
+        d.service.pop("pid_file", None)
+        return
+    if not v.startswith("/"):
+        # systemd takes a relative PIDFile= as relative to /run.
+        v = "/run/" + v
+    d.service["pid_file"] = (v, e)
 
 
 def _sockets(d: Draft, e: Entry, v: str) -> None:
@@ -273,15 +296,17 @@ def _sockets(d: Draft, e: Entry, v: str) -> None:
         d.sockets.append((word, e))
 
 
-_set_type = _set("service", "type", service_type)
+_TYPES = ("simple", "exec", "notify", "notify-reload", "oneshot", "forking", "dbus", "idle")
 
 
 def _type(d: Draft, e: Entry, v: str) -> None:
-    if v == "idle":
-        d.warn(e, "Service.Type", "Type=idle is run as Type=simple (no delay until other "
-               "jobs finish)")
-        v = "simple"
-    _set_type(d, e, v)
+    """Recorded as written: refusals (Type=dbus) wait for the last drop-in's word."""
+    if v == "":
+        d.extra.pop("type", None)
+    elif v in _TYPES:
+        d.extra["type"] = (v, e)
+    else:
+        raise expect("one of " + ", ".join(_TYPES[:-2]), v)
 
 
 def _listen(kind: SocketType) -> Handler:
@@ -317,6 +342,13 @@ UNIT: dict[str, tuple[Handler, bool]] = {
     "StartLimitIntervalSec": (_set("extra", "limit_interval", DURATION), False),
     "StartLimitInterval": (_set("extra", "limit_interval", DURATION), False),
     "StartLimitBurst": (_set("extra", "limit_burst", whole_number(0, 2**31)), False),
+    **CONDITIONS,
+}
+INSTALL: dict[str, tuple[Handler, bool]] = {
+    "Alias": (_alias, True),
+    # Enablement: which targets pull the unit in. Aeterna runs every unit it is given.
+    **{k: (lambda d, e, v: None, False)
+       for k in ("WantedBy", "RequiredBy", "UpheldBy", "Also", "DefaultInstance")},
 }
 SERVICE: dict[str, tuple[Handler, bool]] = {
     **{k: (_exec(k), False) for k in EXEC_KEYS},
@@ -340,8 +372,12 @@ SERVICE: dict[str, tuple[Handler, bool]] = {
     "WatchdogSec": (_set(S, "watchdog_sec", DURATION), False),
     "NotifyAccess": (_set(S, "notify_access", enum_value(NotifyAccess)), False),
     "FileDescriptorStoreMax": (_set(S, "fd_store_max", whole_number(0, 2**16)), False),
-    "LimitNOFILE": (_set(S, "limit_nofile", nofile_limit), False),
     "StandardInput": (_standard_input, False),
+    **EXEC,
+    "PIDFile": (_pid_file, True),
+    "GuessMainPID": (_set(S, "guess_main_pid", BOOL), False),
+    "RemainAfterExit": (_set(S, "remain_after_exit", BOOL), False),
+    "RuntimeMaxSec": (_set(S, "runtime_max_sec", timeout_span), False),
     "Sockets": (_sockets, True),
     "SuccessExitStatus": (_success_exit_status, False),
     "StartLimitInterval": UNIT["StartLimitInterval"],

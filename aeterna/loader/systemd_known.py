@@ -32,7 +32,7 @@ UNIMPLEMENTED: dict[str, frozenset[str]] = {
         PermissionsStartOnly NonBlocking FileDescriptorStorePreserve USBFunctionDescriptors
         USBFunctionStrings OOMPolicy OpenFile ExitType RuntimeMaxSec RuntimeRandomizedExtraSec
         TimeoutAbortSec TimeoutStartFailureMode TimeoutStopFailureMode RestartKillSignal
-        SendSIGHUP SendSIGKILL FinalKillSignal
+        SendSIGHUP SendSIGKILL FinalKillSignal RemoveIPC
     """.split()),
     "Socket": frozenset("""
         SocketProtocol BindToDevice DirectoryMode MaxConnections MaxConnectionsPerSource
@@ -65,3 +65,44 @@ _EXEC_AND_RESOURCES = re.compile(r"""
 def is_unimplemented(section: str, key: str) -> bool:
     """True for an execution or resource-control directive in [Service] or [Socket]."""
     return section in ("Service", "Socket") and bool(_EXEC_AND_RESOURCES.fullmatch(key))
+
+
+# What a sandboxing or resource directive would have done under systemd, by prefix:
+# the warning says it, so that a user knows what protection the unit runs without.
+_WOULD_HAVE = (
+    ("Protect", "made parts of the file system, kernel or clock read-only or hidden"),
+    ("Private", "given the unit private /tmp, devices, network, users or IPC"),
+    ("Restrict", "restricted namespaces, address families, realtime or SUID files"),
+    ("SystemCall", "filtered the system calls the unit may make (seccomp)"),
+    ("ReadWritePaths", "made the file system read-only except these paths"),
+    ("ReadOnlyPaths", "made these paths read-only"),
+    ("InaccessiblePaths", "hidden these paths"),
+    ("Capability", "limited the capabilities the unit's processes keep"),
+    ("AmbientCapabilities", "given the unit's processes these capabilities"),
+    ("NoNewPrivileges", "stopped the unit's processes gaining privileges (setuid)"),
+    ("LockPersonality", "locked the execution domain"),
+    ("MemoryDenyWriteExecute", "refused writable and executable memory"),
+    ("Device", "limited the devices the unit may open (a cgroup)"),
+    ("IPAddress", "filtered the unit's IP traffic (a cgroup)"),
+    ("Memory", "limited the unit's memory (a cgroup)"),
+    ("CPU", "limited or weighted the unit's CPU (a cgroup)"),
+    ("Tasks", "limited the unit's number of tasks (a cgroup)"),
+    ("IO", "limited or weighted the unit's I/O (a cgroup)"),
+    ("LoadCredential", "passed credentials in $CREDENTIALS_DIRECTORY"),
+    ("SetCredential", "passed credentials in $CREDENTIALS_DIRECTORY"),
+    ("ImportCredential", "passed credentials in $CREDENTIALS_DIRECTORY"),
+    ("Standard", "connected the unit's stdio elsewhere (here: the manager's output, "
+     "prefixed)"),
+    ("RemoveIPC", "removed the unit user's IPC objects at stop"),
+    ("KeyringMode", "given the unit a keyring of its own"),
+    ("Delegate", "delegated a cgroup subtree to the unit"),
+    ("Slice", "placed the unit in a cgroup slice"),
+)
+
+
+def would_have(key: str) -> str:
+    """'; under systemd it would have ...' for a sandboxing directive, else ''."""
+    for prefix, what in _WOULD_HAVE:
+        if key.startswith(prefix):
+            return f" (under systemd it would have {what})"
+    return ""

@@ -56,9 +56,11 @@ from ..model import (
     Timeouts,
     UnitSpec,
 )
+from .durations import parse_signal
 from .errors import UnitError, UnitErrors, UnitWarning
 from .ini import Entry, SpecifierContext, UnitName, read_unit_with_dropins
 from .systemd_directives import Draft, read_draft
+from .systemd_exec import directories
 from .systemd_values import REFUSED
 from .systemd_words import ExecCommand
 
@@ -67,15 +69,20 @@ __all__ = ["load_systemd_dir", "load_systemd_file"]
 
 def load_systemd_dir(directory: str | os.PathLike[str], *,
                      specifiers: SpecifierContext | None = None,
+                     errors: list[UnitError] | None = None,
                      ) -> tuple[list[UnitSpec], list[UnitWarning]]:
     """Load every ``.service`` and ``.socket`` unit in ``directory`` (not recursively).
 
     Returns the units, sorted by name, and the warnings. Raises UnitError, or
     UnitErrors when there are several, after reading every file, so that a
-    user sees all the problems at once. ``specifiers`` defaults to this
-    process's (``SpecifierContext.from_process``).
+    user sees all the problems at once; with ``errors`` given, they go there
+    instead and a unit that cannot load (or whose socket cannot) is left out,
+    the others returned. ``specifiers`` defaults to this process's
+    (``SpecifierContext.from_process``). An alias symlink (``sshd.service`` ->
+    ``ssh.service``) names the unit it points to, and is not a unit of its own.
     """
     loader = _Loader(os.fspath(directory), specifiers or SpecifierContext.from_process())
+    loader.collect = errors
     try:
         names = sorted(os.listdir(loader.directory))
     except OSError as exc:
@@ -88,6 +95,7 @@ def load_systemd_dir(directory: str | os.PathLike[str], *,
 
 def load_systemd_file(path: str | os.PathLike[str], *,
                       specifiers: SpecifierContext | None = None,
+                      errors: list[UnitError] | None = None,
                       ) -> tuple[list[UnitSpec], list[UnitWarning]]:
     """Load the service of one ``.service`` or ``.socket`` file, with its sockets.
 
@@ -101,6 +109,8 @@ def load_systemd_file(path: str | os.PathLike[str], *,
     path = os.fspath(path)
     directory, base = os.path.split(path)
     loader = _Loader(directory or ".", specifiers or SpecifierContext.from_process())
+    loader.collect = errors
+    base = loader.alias_target(base) or base
     try:
         name = UnitName.parse(base)
     except ValueError as exc:
@@ -146,6 +156,25 @@ class _Loader:
     errors: list[UnitError] = field(default_factory=list)
     warnings: list[UnitWarning] = field(default_factory=list)
     only: str | None = None  # file mode: the one service to return; no instances followed
+    collect: list[UnitError] | None = None  # partial load: errors go here, bad units out
+    aliases: dict[str, list[str]] = field(default_factory=dict)  # unit -> alias symlinks
+
+    def alias_target(self, base: str) -> str | None:
+        """For a symlink to another unit file of this directory (a distribution's
+        alias, e.g. ``syslog.service`` -> ``rsyslog.service``): that file's name."""
+        path = self.path(base)
+        if not os.path.islink(path):
+            return None
+        target = os.readlink(path)
+        if target == os.devnull:
+            return None  # masked
+        resolved = os.path.realpath(path)
+        name = os.path.basename(target)
+        if (os.path.dirname(resolved) != os.path.realpath(self.directory) or name == base
+                or os.path.splitext(name)[1] != os.path.splitext(base)[1]
+                or "@." in name):  # foo@bar.service -> foo@.service: an instance
+            return None
+        return name
 
     def path(self, base: str) -> str:
         return os.path.join(self.directory, base)
@@ -162,6 +191,10 @@ class _Loader:
         except ValueError:
             return  # not a unit file (README, drop-in directories...)
         if os.path.isdir(self.path(base)):
+            return
+        target = self.alias_target(base)
+        if target is not None and not name.is_template:
+            self.aliases.setdefault(target, []).append(name.stem)
             return
         if name.suffix not in ("service", "socket"):
             self.warnings.append(UnitWarning(self.path(base), 0, "", f".{name.suffix} units "
@@ -305,10 +338,14 @@ class _Loader:
         listeners = {base: finish_socket(d) for base, d in self.drafts.items()
                      if d.name.suffix == "socket"}
         units: list[UnitSpec] = []
+        bad = {base for base, d in self.drafts.items() if d.errors}
+        bad |= {target for s, d in self.drafts.items() if s in bad and d.name.suffix == "socket"
+                for target in [self.target_of(d)[0]]}
         for base, d in self.drafts.items():
             kw = finish_service(d) if d.name.suffix == "service" else None
-            if kw is None or (self.only is not None and base != self.only):
+            if kw is None or (self.only is not None and base != self.only) or base in bad:
                 continue
+            kw["aliases"] = tuple(dict.fromkeys((*kw["aliases"], *self.aliases.get(base, []))))
             listens = [spec for s in feeds.get(base, []) for spec in listeners[s.name.full]]
             if kw.get("stdin") is StandardInput.SOCKET and not listens:
                 d.error(d.service["stdin"][1], "Service.StandardInput",
@@ -326,6 +363,9 @@ class _Loader:
             self.warnings.extend(d.warnings)
         self.errors.sort(key=lambda e: (e.file, e.line))
         self.warnings.sort(key=lambda w: (w.file, w.line))
+        if self.collect is not None:
+            self.collect.extend(self.errors)
+            return sorted(units, key=lambda u: u.name), self.warnings
         if len(self.errors) == 1:
             raise self.errors[0]
         if self.errors:
@@ -349,8 +389,16 @@ def finish_service(d: Draft) -> dict[str, Any] | None:
     """
     kw = {k: v for k, (v, _e) in d.service.items()}
     starts = d.execs.get("ExecStart", [])
-    type_ = kw.setdefault("type", ServiceType.SIMPLE if starts else ServiceType.ONESHOT)
     where = d.where.get("Service.Type")
+    written = _value(d.extra, "type", "simple" if starts else "oneshot")
+    if written == "dbus":
+        d.error(where, "Service.Type", REFUSED["Type=dbus"])
+        return None
+    if written == "idle":
+        d.warn(d.extra["type"][1], "Service.Type", "Type=idle is run as Type=simple (no "
+               "delay until other jobs finish)")
+        written = "simple"
+    type_ = kw["type"] = ServiceType(written)
     if type_ is not ServiceType.ONESHOT and len(starts) > 1:
         d.error(starts[1][1], "Service.ExecStart", f"expected one command for Type="
                 f"{type_.value}, found {len(starts)}; only Type=oneshot runs several")
@@ -370,19 +418,39 @@ def finish_service(d: Draft) -> dict[str, Any] | None:
                 f"Type=oneshot, found {restart.value!r}")
     if d.errors:
         return None
+    if type_ is ServiceType.FORKING and d.orchestration.get("strategy", (None,))[0] \
+            is Strategy.HOT_RELAY:
+        entry = d.orchestration["strategy"][1]
+        d.error(entry, "X-Aeterna.Strategy", "expected restart for Type=forking, found "
+                "'hot-relay': the daemon binds and forks on its own, so N+1 cannot share "
+                "N's accept queue in a controlled way")
+        return None
     main = starts[0][0] if starts else ExecCommand(())
-    kw.update(command=main.argv, ignore_failure=main.ignore_failure, argv0=main.argv0)
+    kw.update(command=main.argv, ignore_failure=main.ignore_failure, argv0=main.argv0,
+              privileged=main.privileged in ("+", "!"))
     kw["env"] = tuple(d.env.items())
     kw["env_files"] = tuple(d.env_files)
     post = [c for c, _e in starts[1:]] + [c for c, _e in d.execs.get("ExecStartPost", [])]
     kw["exec_start_post"] = tuple(c.encode() for c in post)
     for key, name in (("ExecStartPre", "exec_start_pre"), ("ExecReload", "exec_reload"),
-                      ("ExecStop", "exec_stop")):
+                      ("ExecStop", "exec_stop"), ("ExecStopPost", "exec_stop_post"),
+                      ("ExecCondition", "exec_condition")):
         kw[name] = tuple(c.encode() for c, _e in d.execs.get(key, []))
     start_default = math.inf if type_ is ServiceType.ONESHOT else Timeouts().start
     kw["timeouts"] = Timeouts(_value(d.extra, "timeout_start", start_default),
                               _value(d.extra, "timeout_stop", Timeouts().stop))
-    kw["success_exit_status"] = _value(d.extra, "success", ())
+    codes, sigs = _value(d.extra, "success", ((), ()))
+    kw["success_exit_status"] = tuple(codes)
+    kw["success_exit_signals"] = tuple(int(parse_signal(n)) for n in sigs)
+    for name in ("restart_prevent", "restart_force"):
+        codes, sigs = _value(d.extra, name, ((), ()))
+        kw[name] = (*codes, *sigs)
+    limits = _value(d.extra, "limits", {})
+    kw["limits"] = tuple(limits[k] for k in sorted(limits))
+    kw["supplementary_groups"] = tuple(_value(d.extra, "groups", ()))
+    kw["directories"] = directories(d)
+    kw["conditions"] = tuple(d.conditions)
+    kw["aliases"] = tuple(UnitName.parse(a).stem for a, _e in d.aliases)
     kw["start_limit"] = StartLimit(_value(d.extra, "limit_burst", StartLimit().burst),
                                    _value(d.extra, "limit_interval", StartLimit().interval))
     kw["backoff"] = _backoff(kw.get("restart_sec", 0.1), _value(d.extra, "steps", 0),
@@ -441,7 +509,7 @@ def finish_orchestration(d: Draft) -> Orchestration:
     hook_timeout = o.get("preflight_timeout", 30.0)
     drain = Drain(o.get("drain_timeout", Drain().timeout), o.get("drain_signal", Drain().signal))
     return Orchestration(
-        o.get("strategy", Strategy.RESTART), canary, handoff,
+        o.get("strategy", Strategy.RESTART), "strategy" in o, canary, handoff,
         pre_flight=tuple(Hook(c.argv, timeout=hook_timeout)
                          for c, _e in d.execs.get("PreFlight", [])),
         startup_timeout=o.get("startup_timeout", 0.0), drain=drain,

@@ -11,13 +11,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from ..model import ServiceType, SocketType
+from ..model import SocketType
 from .durations import parse_bool, parse_duration, parse_signal, parse_size
 from .ini import show
 
 REFUSED = {
-    "Type=forking": "Type=forking is not supported: run the daemon in the foreground "
-                    "and use Type=simple, exec or notify",
     "Type=dbus": "Type=dbus is not supported: Aeterna has no D-Bus; use Type=notify",
     "Accept=yes": "Accept=yes is not supported (per-connection service instances are "
                   "not implemented); use Accept=no and accept() in the service",
@@ -53,17 +51,6 @@ def whole_number(lo: int, hi: int) -> Callable[[str], int]:
     return conv
 
 
-def nofile_limit(v: str) -> int:
-    """LimitNOFILE=: SOFT, SOFT:HARD or infinity; the soft limit is what applies (capped
-    at the manager's hard limit when the process starts)."""
-    soft = v.partition(":")[0]
-    if soft == "infinity":
-        return 2**31 - 1
-    if not re.fullmatch(r"[0-9]{1,10}", soft) or not 1 <= int(soft) < 2**31:
-        raise expect("a number of fds like 4096, SOFT:HARD or infinity", v)
-    return int(soft)
-
-
 def octal_mode(v: str) -> int:
     if not re.fullmatch(r"[0-7]{1,4}", v):
         raise expect("an octal file mode like 0660", v)
@@ -93,12 +80,6 @@ def ipv6_only(v: str) -> bool | None:
     if v not in values:
         raise expect("one of default, both, ipv6-only", v)
     return values[v]
-
-
-def service_type(v: str) -> ServiceType:
-    if f"Type={v}" in REFUSED:
-        raise ValueError(REFUSED[f"Type={v}"])
-    return enum_value(ServiceType)(v)  # type: ignore[no-any-return]
 
 
 BOOL = checked(parse_bool, "a boolean (yes or no)")

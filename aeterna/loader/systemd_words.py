@@ -129,8 +129,7 @@ class ExecCommand:
 
     ``argv`` is (program, arguments...). With the ``@`` prefix, ``argv0`` is
     what the program sees as argv[0] instead of the program's path.
-    ``privileged`` keeps a ``+``, ``!`` or ``!!`` prefix, which Aeterna does
-    not implement (the caller warns).
+    ``privileged`` keeps a ``+``, ``!`` or ``!!`` prefix.
     """
 
     argv: tuple[str, ...]
@@ -138,23 +137,32 @@ class ExecCommand:
     argv0: str = ""
     privileged: str = ""
 
+    @property
+    def full_privileges(self) -> bool:
+        """``+`` and ``!`` run with the manager's own user; ``!!`` only where the kernel
+        lacks ambient capabilities, which Linux has had since 4.3, so it runs as User=."""
+        return self.privileged in ("+", "!")
+
     def encode(self) -> tuple[str, ...]:
         """The model's form for ExecStartPre/Post/Reload/Stop, which have no flag
-        fields: systemd's own words, with ``-``/``@`` prefixing the program and
+        fields: systemd's own words, with ``-``/``+``/``@`` prefixing the program and
         argv[0] following it when ``@`` is given. :meth:`decode` reverses it."""
-        prefix = ("-" if self.ignore_failure else "") + ("@" if self.argv0 else "")
+        prefix = (("-" if self.ignore_failure else "") + ("+" if self.full_privileges else "")
+                  + ("@" if self.argv0 else ""))
         rest = ((self.argv0,) if self.argv0 else ()) + self.argv[1:]
         return (prefix + self.argv[0],) + rest
 
     @classmethod
     def decode(cls, words: tuple[str, ...]) -> ExecCommand:
-        """Read back :meth:`encode`'s form (a program never starts with ``-``/``@``)."""
+        """Read back :meth:`encode`'s form (a program never starts with ``-+@``)."""
         first = words[0]
         ignore = first.startswith("-")
         first = first[1:] if ignore else first
+        privileged = "+" if first.startswith("+") else ""
+        first = first[1:] if privileged else first
         if first.startswith("@") and len(words) > 1:
-            return cls((first[1:],) + words[2:], ignore, words[1])
-        return cls((first,) + words[1:], ignore)
+            return cls((first[1:],) + words[2:], ignore, words[1], privileged)
+        return cls((first,) + words[1:], ignore, "", privileged)
 
 
 def parse_exec(value: str, expand: Callable[[str], str],
@@ -250,8 +258,10 @@ _REF = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:[-+])([^}]*))?\})")
 def expand_exec_env(argv: tuple[str, ...], env: Mapping[str, str]) -> tuple[str, ...]:
     """Expand environment references in a command at exec time, as systemd does.
 
-    A word that is exactly ``$NAME`` becomes the value split at whitespace
-    (zero or more words; nothing when unset). Elsewhere ``${NAME}`` becomes
+    A word that is exactly ``$NAME`` becomes the value split at whitespace,
+    quotes removed (zero or more words; nothing when unset): systemd.service(5)'s
+    ``TWO="'two two' too"`` gives ``two two`` and ``too``. ``$NAME`` inside a
+    longer word is kept literally, as systemd keeps it. Elsewhere ``${NAME}`` becomes
     the value (empty when unset) inside one word, ``${NAME:-default}`` and
     ``${NAME:+alternative}`` work as in the shell, ``$$`` is a literal ``$``
     and any other ``$`` is kept.
@@ -259,10 +269,37 @@ def expand_exec_env(argv: tuple[str, ...], env: Mapping[str, str]) -> tuple[str,
     out: list[str] = []
     for word in argv:
         if word.startswith("$") and ENV_NAME.fullmatch(word[1:]):
-            out.extend(env.get(word[1:], "").split())
+            out.extend(_split_value(env.get(word[1:], "")))
             continue
         out.append(_REF.sub(lambda m: _replace(m, env), word))
     return tuple(out)
+
+
+def _split_value(value: str) -> list[str]:
+    """A value split as systemd splits it (EXTRACT_UNQUOTE|EXTRACT_RELAX): quotes
+    group words and are removed; an unbalanced quote runs to the end."""
+    words: list[str] = []
+    buf: list[str] = []
+    quote = ""
+    in_word = False
+    for c in value:
+        if quote:
+            if c == quote:
+                quote = ""
+            else:
+                buf.append(c)
+        elif c in "'\"":
+            quote, in_word = c, True
+        elif c in WHITESPACE:
+            if in_word:
+                words.append("".join(buf))
+                buf, in_word = [], False
+        else:
+            buf.append(c)
+            in_word = True
+    if in_word:
+        words.append("".join(buf))
+    return words
 
 
 def _replace(m: re.Match[str], env: Mapping[str, str]) -> str:

@@ -36,6 +36,7 @@ def orchestration(doc: _Doc, node: yaml.Node) -> Orchestration:
     kw: dict[str, Any] = {}
     if "strategy" in m:
         kw["strategy"] = doc.choice(m["strategy"][1], f"{p}.strategy", Strategy)
+        kw["strategy_given"] = True
     if "canary" in m:
         kw["canary"] = _canary(doc, m["canary"][1], f"{p}.canary")
     if "state_handoff" in m:

@@ -33,6 +33,7 @@ from ..model import (
     Source,
     StandardInput,
     StartLimit,
+    Strategy,
     Timeouts,
     UnitSpec,
 )
@@ -239,6 +240,12 @@ def load_yaml_unit(text: str, file: str, fast: bool = False,
 
     orchestration = (_orchestration(doc, top["orchestration"][1])
                      if "orchestration" in top else Orchestration())
+    if (service.type is ServiceType.FORKING and orchestration.strategy is Strategy.HOT_RELAY):
+        node = top["orchestration"][1]
+        raise UnitError(file, node.start_mark.line + 1, "orchestration.strategy",
+                        "expected restart for type: forking, found 'hot-relay': the daemon "
+                        "binds and forks on its own, so N+1 cannot share N's accept queue in "
+                        "a controlled way")
     observability = (_observability(doc, top["observability"][1])
                      if "observability" in top else Observability())
     description = doc.text(top["description"][1], "description") if "description" in top else ""

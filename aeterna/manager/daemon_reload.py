@@ -55,6 +55,34 @@ def read(paths: list[str], log: Log,
             gc.enable()
 
 
+def read_for(paths: list[str], log: Log, current: UnitSpec,
+             instances: list[str] | tuple[str, ...] = ()) -> UnitSpec | list[str]:
+    """``aeterna reload UNIT``: the unit's definition now, or the errors of its own
+    file; other files' errors are logged and do not hold this unit back (as
+    ``systemctl reload`` of a good unit beside a broken one). In a worker thread,
+    with the cyclic collector paused as in ``read``."""
+    if instances:
+        from .instances import still_templated
+
+        instances = still_templated(paths, instances)
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        result = load_paths(paths, instances, partial=True)
+    finally:
+        if was_enabled:
+            gc.enable()
+    mine = [e for e in result.errors if e.file == current.source.file]
+    for err in result.errors:
+        log.error("reload.invalid", error=str(err))
+    if mine:
+        return [str(e) for e in mine]
+    spec = result.by_name().get(current.name)
+    if spec is None:
+        return [f"{current.name} is no longer defined in the unit files"]
+    return spec
+
+
 def report(log: Log, d: Diff, removed_running: list[str]) -> None:
     """One line per changed unit, one summary; a removed unit runs until stopped."""
     for key, names in d.as_dict().items():
@@ -79,14 +107,18 @@ def relays(spec: UnitSpec) -> bool:
 
 
 def action_for(new: UnitSpec, current: UnitSpec) -> str:
-    """``aeterna reload UNIT``: "relay", "in-place" (ExecReload=, notify-reload, and
-    an unchanged definition), or "restart" with the new definition."""
+    """``aeterna reload UNIT``, as ``systemctl reload`` after a daemon-reload:
+    "relay" (``strategy: hot-relay``), "in-place" (ExecReload= or notify-reload,
+    with the new definition), "restart" only when ``strategy: restart`` was
+    asked for, else "not-applicable": a reload never costs a unit its
+    process, and the state in it, unless the user asked for that."""
     if relays(new):
         return "relay"
-    if ((new.service.type is ServiceType.NOTIFY_RELOAD or new.service.exec_reload)
-            and new == current):
+    if new.service.type is ServiceType.NOTIFY_RELOAD or new.service.exec_reload:
         return "in-place"
-    return "restart"
+    if new.orchestration.strategy_given:
+        return "restart"
+    return "not-applicable"
 
 
 def keep_sockets(new: UnitSpec, old: UnitSpec, log: Log) -> UnitSpec:

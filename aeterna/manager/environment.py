@@ -12,7 +12,7 @@ import pwd
 from typing import TYPE_CHECKING, Any
 
 from ..linux.spawn import SpawnRequest
-from ..model import NotifyAccess, StandardInput, UnitSpec
+from ..model import NotifyAccess, Service, StandardInput, UnitSpec
 
 if TYPE_CHECKING:
     from ..unit.runtime import UnitRuntime
@@ -64,13 +64,13 @@ def build_request(runtime: UnitRuntime, spec: UnitSpec, generation: int,
         gid = _getgr(svc.group)
         if groups is None:
             groups = (gid,)
-    argv = svc.command
-    if svc.expand_env:
-        from ..loader.systemd_words import expand_exec_env
-
-        argv = expand_exec_env(argv, env)
-        if not argv:
-            raise OSError(f"{spec.name}: the command expanded to nothing")
+    if svc.supplementary_groups:
+        base = groups if groups is not None else (os.getgid(),)
+        groups = tuple(dict.fromkeys((*base, *(_getgr(g) for g in svc.supplementary_groups))))
+    for dirs in svc.directories:
+        # systemd: RUNTIME_DIRECTORY=, STATE_DIRECTORY=... the absolute paths, ":"-joined.
+        env[f"{dirs.kind.name}_DIRECTORY"] = ":".join(dirs.paths)
+    argv = expand_command(svc.command, env, spec.name) if svc.expand_env else svc.command
     cwd = svc.working_directory
     if cwd == "~":
         cwd = env.get("HOME", "/")
@@ -80,7 +80,30 @@ def build_request(runtime: UnitRuntime, spec: UnitSpec, generation: int,
                         # StandardInput=socket: the first listener on fd 0 too (systemd).
                         stdin=socket_fds[0] if svc.stdin is StandardInput.SOCKET
                         and socket_fds else None,
-                        pid_env=tuple(pid_env), nofile=svc.limit_nofile or nofile)
+                        pid_env=tuple(pid_env), nofile=svc.limit_nofile or nofile,
+                        limits=svc.limits, umask=svc.umask, nice=svc.nice,
+                        oom_score_adj=svc.oom_score_adjust)
+
+
+def identity(svc: Service) -> tuple[int | None, int | None]:
+    """User=/Group= as (uid, gid); None where not set. OSError for an unknown name."""
+    uid = gid = None
+    if svc.user:
+        pw = _getpw(svc.user)
+        uid, gid = pw.pw_uid, pw.pw_gid
+    if svc.group:
+        gid = _getgr(svc.group)
+    return uid, gid
+
+
+def expand_command(argv: tuple[str, ...], env: dict[str, str], unit: str) -> tuple[str, ...]:
+    """systemd's exec-time expansion of one command; OSError if nothing is left."""
+    from ..loader.systemd_words import expand_exec_env
+
+    out = expand_exec_env(argv, env)
+    if not out:
+        raise OSError(f"{unit}: the command {' '.join(argv)!r} expanded to nothing")
+    return out
 
 
 def with_(req: SpawnRequest, **changes: Any) -> SpawnRequest:

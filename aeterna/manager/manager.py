@@ -19,17 +19,17 @@ from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, Protocol
 
-from ..linux import inherited, pid1, proc
+from ..linux import conditions, forking, inherited, pid1, proc, unitdirs
 from ..linux.sockets import SocketError, remove_listener
 from ..loader import LoadResult
 from ..log import Log
-from ..model import UnitSpec
+from ..model import Condition, ServiceType, UnitSpec
 from ..results import EXIT_FAILED, EXIT_OK, Result, errno_name
 from ..unit.pids import PidIndex
 from ..unit.runtime import UnitRuntime
 from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, State, Want
 from ..unit.watchdog import Timer
-from . import daemon_reload
+from . import daemon_reload, environment
 from .faults import Faults
 from .notify_endpoint import NotifyEndpoint
 from .ordering import Ordering
@@ -290,8 +290,10 @@ class Manager:
     def changed(self, unit: UnitRuntime) -> None:
         """Every state change (``Host``): keep the state sets, queue what follows."""
         state = unit.state
+        # RemainAfterExit=: "active (exited)" is up until stopped, and keeps us up.
+        remain = state is State.EXITED and unit.spec.service.remain_after_exit
         for members, belongs in ((self._busy, state not in DOWN_STATES
-                                  and state is not State.EXITED),
+                                  and (state is not State.EXITED or remain)),
                                  (self._exited, state is State.EXITED),
                                  (self._stopping, state in STOPPING_STATES)):
             if belongs:
@@ -330,6 +332,11 @@ class Manager:
             # FileDescriptorStorePreserve=restart: kept across restarts only.
             self.log.info("fdstore.released", unit=unit.name, count=len(unit.fdstore.entries))
             unit.fdstore.clear()
+        if (unit.state in DOWN_STATES and unit.want is not Want.START
+                and unit.spec.service.directories
+                and unit.spec.service.runtime_directory_preserve == "no"):
+            for path in unitdirs.remove_runtime(unit.spec.service):
+                self.log.info("unit.directory-removed", unit=unit.name, path=path)
         self.ordering.changed(unit)
 
     # ------------------------------------------------------------- actions
@@ -353,7 +360,8 @@ class Manager:
         runtime = self.units[name]
         if runtime.state in DOWN_STATES:
             runtime.dispatch(Event.START)
-        elif runtime.state in (State.AUTO_RESTART, State.STOP_PRE, *STOPPING_STATES):
+        elif runtime.state in (State.AUTO_RESTART, State.STOP_PRE, State.STOP_POST,
+                               *STOPPING_STATES):
             runtime.restart()
 
     def restart_unit(self, name: str, spec: UnitSpec | None = None) -> None:
@@ -363,9 +371,13 @@ class Manager:
             runtime.spec = spec
         runtime.restart()
 
-    def reload_in_place(self, name: str) -> None:
-        """ExecReload= / notify-reload of an active unit."""
-        self.units[name].dispatch(Event.RELOAD)
+    def reload_in_place(self, name: str, spec: UnitSpec | None = None) -> None:
+        """ExecReload= / notify-reload of an active unit, with ``spec`` if given (the
+        definition a daemon-reload read, as systemd applies it before the reload)."""
+        runtime = self.units[name]
+        if spec is not None:
+            runtime.spec = spec
+        runtime.dispatch(Event.RELOAD)
 
     def relay(self, name: str, spec: UnitSpec | None = None) -> asyncio.Future[Outcome]:
         """Hot-relay ``name`` to ``spec`` (default: its current definition)."""
@@ -477,19 +489,30 @@ class Manager:
 
         return instances.enable(self, name)
 
-    def reload_unit(self, name: str, new: dict[str, UnitSpec] | list[str] | None = None
+    async def read_unit(self, name: str) -> UnitSpec | list[str]:
+        """One unit's definition now (or its file's errors), parsed in a worker thread."""
+        assert self.loop is not None
+        return await self.loop.run_in_executor(None, daemon_reload.read_for, self.paths,
+                                               self.log, self.units[name].spec,
+                                               list(self.instances))
+
+    def reload_unit(self, name: str, new: UnitSpec | list[str] | None = None
                     ) -> tuple[str, UnitSpec | None, str]:
-        """For ``aeterna reload UNIT``: (action, new definition, error)."""
-        if new is None:
-            new = daemon_reload.read(self.paths, self.log, self.instances)
-        if isinstance(new, list):
-            return "invalid", None, "\n".join(new)
-        spec = new.get(name)
-        if spec is None:
-            return "invalid", None, f"{name} is no longer defined in the unit files"
+        """For ``aeterna reload UNIT``: (action, new definition, error); ``new`` as
+        ``read_unit`` gave it (read here if not given)."""
         current = self.units[name].spec
+        spec_or_errors = new if new is not None else daemon_reload.read_for(
+            self.paths, self.log, current, self.instances)
+        if isinstance(spec_or_errors, list):
+            return "invalid", None, "\n".join(spec_or_errors)
+        spec = spec_or_errors
         action = daemon_reload.action_for(spec, current)
-        if action == "restart":
+        if action == "relay" and spec.service.type is ServiceType.FORKING:
+            return "refused", None, (f"{name} is Type=forking: a hot relay needs N+1 to "
+                                     "accept beside N on the sockets it was handed, which a "
+                                     "daemon that forks and binds its own cannot do; set "
+                                     "Strategy=restart in [X-Aeterna], or use ExecReload=")
+        if action in ("restart", "in-place"):
             spec = daemon_reload.keep_sockets(spec, current, self.log)
         return action, spec, ""
 
@@ -502,8 +525,32 @@ class Manager:
     def spawn_main(self, unit: UnitRuntime) -> int:
         return self.spawner.main(unit)
 
-    def spawn_command(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int:
-        return self.spawner.command(unit, argv, argv0)
+    def spawn_command(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str,
+                      privileged: bool = False) -> int:
+        return self.spawner.command(unit, argv, argv0, privileged)
+
+    def failed_condition(self, unit: UnitRuntime) -> Condition | None:
+        return conditions.first_failed(unit.spec.service.conditions, os.environ)
+
+    def prepare_directories(self, unit: UnitRuntime) -> None:
+        svc = unit.spec.service
+        if svc.directories:
+            uid, gid = environment.identity(svc)
+            unitdirs.prepare(svc, uid, gid)
+
+    def forked_main_pid(self, unit: UnitRuntime) -> int:
+        """Type=forking (``Host``): PIDFile=, else the one orphan of ours nobody owns."""
+        svc = unit.spec.service
+        if svc.pid_file:
+            return forking.read_pid_file(svc.pid_file) or -1
+        if not svc.guess_main_pid:
+            return 0
+        known = set(self.pids.mains) | set(self.pids.groups) | set(self.reaper.watched)
+        unknown = [p for p in forking.children_of(os.getpid()) if p not in known]
+        return unknown[0] if len(unknown) == 1 else 0
+
+    def group_of(self, pid: int) -> int | None:
+        return forking.group_of(pid)
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
         assert self.loop is not None

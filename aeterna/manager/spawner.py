@@ -54,10 +54,13 @@ class Spawner:
         """The unit's main process (its current definition and generation)."""
         return self.process(runtime, runtime.spec, runtime.generation)
 
-    def command(self, runtime: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int:
-        """An ExecStartPre/Post/Stop/Reload command: the unit's env and MAINPID, no fds."""
+    def command(self, runtime: UnitRuntime, argv: tuple[str, ...], argv0: str,
+                privileged: bool = False) -> int:
+        """An ExecStartPre/Post/Stop/Reload command: the unit's env and MAINPID, no fds;
+        ``privileged`` (the ``+`` and ``!`` prefixes): as the manager's user."""
         pid = self.process(runtime, runtime.spec, runtime.generation, argv, "command",
-                           extra_env=command_env(runtime.main_pid), argv0=argv0)
+                           extra_env=command_env(runtime.main_pid), argv0=argv0,
+                           privileged=privileged)
 
         def exited(info: ExitInfo) -> None:
             if runtime.commands.pid == pid:  # not one killed and forgotten since
@@ -76,11 +79,14 @@ class Spawner:
 
     def process(self, runtime: UnitRuntime, spec: UnitSpec, generation: int,
                 argv: tuple[str, ...] | None = None, label: str = "",
-                extra_env: dict[str, str] | None = None, argv0: str = "") -> int:
+                extra_env: dict[str, str] | None = None, argv0: str = "",
+                privileged: bool = False) -> int:
         """Fork/exec with env, identity and output pipes prefixed ``unit[pid]``."""
         req = environment.build_request(runtime, spec, generation, self.base_env,
                                         self.notify_path, self.nofile)
         changes: dict[str, Any] = {}  # applied with one dataclasses.replace below
+        if privileged or (argv is None and spec.service.privileged):
+            changes.update(uid=None, gid=None, groups=None)
         srp_child = -1
         if argv is not None:  # a command, hook or probe: the unit's environment, no fds
             # systemd: such processes get NOTIFY_SOCKET only with NotifyAccess=exec|all.
@@ -89,6 +95,10 @@ class Spawner:
                    if not k.startswith(("LISTEN_", "WATCHDOG_")) and k != "FDSTORE"
                    and (k != "NOTIFY_SOCKET" or access in ("exec", "all"))}
             env.update(extra_env or {})
+            if spec.service.expand_env:
+                # systemd expands $VAR, ${VAR} and $MAINPID in every Exec line, with
+                # the environment this command gets (MAINPID included).
+                argv = environment.expand_command(argv, env, spec.name)
             changes.update(argv=argv, pass_fds=(), blocking_fds=frozenset(), pid_env=(),
                            argv0=argv0, env=env, stdin=None)
         else:

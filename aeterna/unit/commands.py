@@ -38,6 +38,7 @@ class CommandQueue:
     todo: list[ExecCommand] = field(default_factory=list)
     pid: int | None = None
     ignore_failure: bool = False  # the running command has the "-" prefix
+    last_exit: ExitInfo | None = None  # how the last command ended (ExecCondition=)
     done: Callable[[], None] = _nothing
     failed: Callable[[], None] = _nothing
 
@@ -50,7 +51,8 @@ def run(u: UnitRuntime, cmds: tuple[tuple[str, ...], ...], state: State,
     q.done, q.failed = done, failed
     u.enter(state)
     svc = u.spec.service
-    u.arm(svc.timeouts.stop if state is State.STOP_PRE else svc.timeouts.start, Event.TIMEOUT)
+    stop = state in (State.STOP_PRE, State.STOP_POST)
+    u.arm(svc.timeouts.stop if stop else svc.timeouts.start, Event.TIMEOUT)
     _next(u)
 
 
@@ -60,7 +62,8 @@ def _next(u: UnitRuntime) -> None:
         cmd = q.todo.pop(0)
         q.ignore_failure = cmd.ignore_failure
         try:
-            _set_pid(u, u.host.spawn_command(u, cmd.argv, cmd.argv0))
+            _set_pid(u, u.host.spawn_command(u, cmd.argv, cmd.argv0,
+                                                 cmd.full_privileges))
             return
         except (SpawnError, OSError) as exc:
             u.host.warning("unit.command-failed", unit=u.name, state=u.state.value,
@@ -85,6 +88,7 @@ def _set_pid(u: UnitRuntime, pid: int | None) -> None:
 def command_exited(u: UnitRuntime, info: ExitInfo) -> None:
     """A command ended: the next one, or the failure path."""
     _set_pid(u, None)
+    u.commands.last_exit = info
     if info.code == 0 or u.commands.ignore_failure:
         _next(u)
         return

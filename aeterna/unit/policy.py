@@ -17,16 +17,31 @@ _CLEAN_SIGNALS = frozenset({signal.SIGHUP, signal.SIGINT, signal.SIGTERM, signal
 
 
 def classify_exit(info: ExitInfo, type_: ServiceType,
-                  success_exit_status: tuple[int, ...] = ()) -> Result:
-    """SUCCESS for a clean exit: code 0 (or a listed code), or for non-oneshot
+                  success_exit_status: tuple[int, ...] = (),
+                  success_exit_signals: tuple[int, ...] = ()) -> Result:
+    """SUCCESS for a clean exit: code 0 (or a listed code or signal), or for non-oneshot
     services one of SIGHUP/SIGINT/SIGTERM/SIGPIPE; otherwise the failure kind."""
     if info.signal is not None:
+        if info.signal in success_exit_signals:
+            return Result.SUCCESS
         if type_ is not ServiceType.ONESHOT and info.signal in _CLEAN_SIGNALS:
             return Result.SUCCESS
         return Result.CORE_DUMP if info.core else Result.SIGNAL
     if info.code == 0 or info.code in success_exit_status:
         return Result.SUCCESS
     return Result.EXIT_CODE
+
+
+def exit_matches(info: ExitInfo, statuses: tuple[int | str, ...]) -> bool:
+    """Is this exit in a RestartPreventExitStatus=/RestartForceExitStatus= list
+    (exit codes as ints, signals by name)?"""
+    if info.signal is not None:
+        try:
+            name = signal.Signals(info.signal).name
+        except ValueError:
+            return False
+        return name in statuses
+    return info.code is not None and info.code in statuses
 
 
 def should_restart(policy: RestartPolicy, result: Result) -> bool:

@@ -31,6 +31,7 @@ class ReloadState:
     seen: bool = False  # the RELOADING=1 that answers it arrived
     count: int = 0
     last: str = ""  # "", "success", "failed", "timeout"
+    back: State = State.ACTIVE  # where a reload returns: EXITED for RemainAfterExit=
 
 
 def _finish(u: UnitRuntime, outcome: str) -> None:
@@ -38,7 +39,10 @@ def _finish(u: UnitRuntime, outcome: str) -> None:
     u.reload.last = outcome
     log = u.host.info if outcome == "success" else u.host.warning
     log("unit.reloaded", unit=u.name, outcome=outcome)
-    u.enter(State.ACTIVE)
+    u.enter(u.reload.back)
+    if u.reload.back is State.ACTIVE:
+        u.arm_runtime_max()
+    u.reload.back = State.ACTIVE
 
 
 def active_reload(u: UnitRuntime) -> None:
@@ -48,6 +52,18 @@ def active_reload(u: UnitRuntime) -> None:
         commands.run(u, cmds, State.RELOADING, lambda: _signal(u), lambda: _finish(u, "failed"))
     else:
         _signal(u)
+
+
+def exited_reload(u: UnitRuntime) -> None:
+    """Reload of a unit that is "active (exited)" (RemainAfterExit=, postgresql.service):
+    its ExecReload= commands run, and it stays exited."""
+    u.reload.back = State.EXITED
+    cmds = u.spec.service.exec_reload
+    if cmds:
+        commands.run(u, cmds, State.RELOADING, lambda: _finish(u, "success"),
+                     lambda: _finish(u, "failed"))
+    else:
+        _finish(u, "success")
 
 
 def _signal(u: UnitRuntime) -> None:

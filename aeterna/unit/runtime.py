@@ -24,11 +24,11 @@ from typing import Any, Protocol
 from ..linux.fdstore import FdStore
 from ..linux.sockets import Listener
 from ..linux.spawn import SpawnError
-from ..model import KillMode, NotifyAccess, ServiceType, UnitSpec
+from ..model import Condition, KillMode, NotifyAccess, ServiceType, UnitSpec
 from ..results import ExitInfo, Result, errno_name
 from . import commands, reload
 from .pids import PidIndex
-from .policy import StartLimiter, classify_exit, restart_delay, should_restart
+from .policy import StartLimiter, classify_exit, exit_matches, restart_delay, should_restart
 from .states import DOWN_STATES, RUNNING_STATES, Deps, Event, State, Want
 from .watchdog import Notified, Timer, Watchdog, watchdog_usec
 
@@ -41,8 +41,13 @@ class Host(Protocol):
     pids: PidIndex
 
     def spawn_main(self, unit: UnitRuntime) -> int: ...
-    def spawn_command(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int: ...
+    def spawn_command(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str,
+                      privileged: bool = False) -> int: ...
     def watch_foreign(self, unit: UnitRuntime, pid: int) -> None: ...
+    def failed_condition(self, unit: UnitRuntime) -> Condition | None: ...
+    def prepare_directories(self, unit: UnitRuntime) -> None: ...  # OSError: cannot
+    def forked_main_pid(self, unit: UnitRuntime) -> int: ...  # >0 pid, 0 none, -1 not yet
+    def group_of(self, pid: int) -> int | None: ...
     def call_later(self, delay: float, callback: Callable[[], None]) -> Timer: ...
     def kill(self, pid: int, sig: int, group: bool) -> bool: ...  # False: no such process
     def deps_state(self, unit: UnitRuntime) -> Deps: ...
@@ -78,6 +83,8 @@ class UnitRuntime:
         self._timer: Timer | None = None
         self._deadline = 0.0  # monotonic time the state timer fires
         self._timer_event = Event.TIMEOUT
+        self._poll: Timer | None = None  # Type=forking: waiting for the PID file
+        self.stop_post_done = True  # ExecStopPost= ran for this run (or nothing ran)
 
     @property
     def name(self) -> str:
@@ -205,11 +212,55 @@ class UnitRuntime:
             self.enter(State.FAILED)
             return
         self.result = Result.SUCCESS
+        svc = self.spec.service
+        failed = self.host.failed_condition(self) if svc.conditions else None
+        if failed is not None:
+            kind = "Assert" if failed.assertion else "Condition"
+            how = f"{kind}{failed.check}={'!' if failed.negate else ''}{failed.value}"
+            if failed.assertion:  # systemd: the start job fails
+                self.record_failure(Result.ASSERT)
+                self.host.warning("unit.assert-failed", unit=self.name, check=how,
+                                  where=str(failed.source))
+                self.enter(State.FAILED)
+            else:  # systemd: the unit is skipped, and that is no failure
+                self.host.info("unit.condition-failed", unit=self.name, check=how,
+                               where=str(failed.source))
+                self.settle(State.INACTIVE)
+            return
+        try:
+            self.host.prepare_directories(self)
+        except OSError as exc:
+            self.record_failure(Result.RESOURCES)
+            self.host.warning("unit.spawn-failed", unit=self.name,
+                              errno=errno_name(exc.errno or 0), error=str(exc))
+            self.after_exit()
+            return
+        if svc.exec_condition:
+            commands.run(self, svc.exec_condition, State.START_PRE, self._start_pre,
+                         self._exec_condition_failed)
+        else:
+            self._start_pre()
+
+    def _start_pre(self) -> None:
+        self.stop_post_done = False  # from here on, ExecStopPost= runs when the run ends
         pre = self.spec.service.exec_start_pre
         if pre:
             commands.run(self, pre, State.START_PRE, self._spawn_main, self.after_exit)
         else:
             self._spawn_main()
+
+    def _exec_condition_failed(self) -> None:
+        """ExecCondition= exited 1 to 254: skip the unit, no failure; 255 or a signal
+        is a failure (systemd.service(5))."""
+        info = self.commands.last_exit
+        if info is not None and info.signal is None and info.code is not None \
+                and 0 < info.code < 255:
+            self.result = Result.SUCCESS
+            self.host.info("unit.condition-failed", unit=self.name,
+                           check="ExecCondition=", how=str(info))
+            self.settle(State.INACTIVE)
+            return
+        self.after_exit()
 
     def _spawn_main(self) -> None:
         self.generation = self.allocate_generation()
@@ -254,10 +305,26 @@ class UnitRuntime:
     def _up(self) -> None:
         # Like systemd's restart counter, the backoff step is not reset by success;
         # only an explicit start resets it (RestartMaxDelaySec caps the growth).
-        oneshot_done = self.spec.service.type is ServiceType.ONESHOT and self.main_pid is None
+        svc = self.spec.service
+        oneshot_done = svc.type is ServiceType.ONESHOT and self.main_pid is None
         self.enter(State.EXITED if oneshot_done else State.ACTIVE)
         if not oneshot_done:
             self.watchdog.arm(self.watchdog_usec())
+            self.arm_runtime_max()
+
+    def arm_runtime_max(self) -> None:
+        """ACTIVE's one deadline: what is left of RuntimeMaxSec= since the start (a
+        reload, which uses the state timer, re-arms it on its way back)."""
+        limit = self.spec.service.runtime_max_sec
+        if limit != float("inf") and self.started_at is not None:
+            self.arm(max(0.0, limit - (time.monotonic() - self.started_at)), Event.TIMEOUT)
+
+    def active_timeout(self) -> None:
+        """RuntimeMaxSec= passed: stop it, and count a timeout (as systemd does)."""
+        self.record_failure(Result.TIMEOUT)
+        self.host.warning("unit.runtime-max", unit=self.name,
+                          limit=self.spec.service.runtime_max_sec)
+        self.enter_stopping(self.spec.service.stop_signal)
 
     def _post_failed(self) -> None:
         """An ExecStartPost= command failed: the unit fails and its process is stopped."""
@@ -296,11 +363,17 @@ class UnitRuntime:
         self.last_exit = info
         self.main_pid = None
         svc = self.spec.service
-        result = classify_exit(info, svc.type, svc.success_exit_status)
+        result = classify_exit(info, svc.type, svc.success_exit_status,
+                               svc.success_exit_signals)
         if svc.ignore_failure and result is not Result.SUCCESS:
             result = Result.SUCCESS
         commands.kill(self)
         if result is Result.SUCCESS and self.state is State.STARTING:
+            if svc.type is ServiceType.FORKING:
+                # The parent exited 0: the daemon is up once its main pid is known.
+                self.host.info("unit.forked", unit=self.name, how=str(info))
+                self._find_forked()
+                return
             if svc.type is ServiceType.ONESHOT:
                 self.host.info("unit.exited", unit=self.name, how=str(info), result="success")
                 self._reap_group_leftovers()
@@ -308,10 +381,39 @@ class UnitRuntime:
                 return
             if svc.type in (ServiceType.NOTIFY, ServiceType.NOTIFY_RELOAD):
                 result = Result.PROTOCOL
+        if result is Result.SUCCESS and svc.remain_after_exit and self.state is State.ACTIVE:
+            self.host.info("unit.exited", unit=self.name, how=str(info), result="success")
+            self.enter(State.EXITED)  # RemainAfterExit=: "active (exited)"
+            return
         self.record_failure(result)
         self.host.info("unit.exited", unit=self.name, how=str(info), result=result.value)
         self._reap_group_leftovers()
         self.after_exit()
+
+    def _find_forked(self) -> None:
+        """Type=forking: PIDFile= (waiting for it until the start timeout, as the
+        daemon may write it after its parent exited), else the guess."""
+        self._poll = None
+        if self.state is not State.STARTING or self.main_pid is not None:
+            return
+        pid = self.host.forked_main_pid(self)
+        if pid < 0:
+            self._poll = self.host.call_later(0.02, self._find_forked)
+            return
+        self.disarm()
+        if pid > 0:
+            self.main_pid = pid
+            # A daemon that called setsid() leads a group of its own: stop signals go
+            # there (its workers are in it), not to its parent's, now empty.
+            group = self.host.group_of(pid)
+            if group is not None and group != self.pgid:
+                self.pgid = group
+            self.host.watch_foreign(self, pid)
+            self.host.info("unit.mainpid", unit=self.name, old=None, new=pid)
+        else:
+            self.host.info("unit.mainpid", unit=self.name, old=None, new=None,
+                           note="no main process found; the unit's group is supervised")
+        self._started()
 
     def _reap_group_leftovers(self) -> None:
         """The main process is gone; tell what is left of its group to go too."""
@@ -321,9 +423,17 @@ class UnitRuntime:
                 self.host.kill(self.pgid, signal.SIGCONT, group=True)
 
     def after_exit(self) -> None:
-        """A run ended: restart after RestartSec=, or settle inactive or failed."""
+        """A run ended: ExecStopPost= first, then restart after RestartSec=, or settle
+        inactive or failed."""
+        if self._stop_post(self.after_exit):
+            return
         svc = self.spec.service
-        if self.want is Want.POLICY and should_restart(svc.restart, self.result):
+        restart = should_restart(svc.restart, self.result)
+        if self.last_exit is not None and exit_matches(self.last_exit, svc.restart_prevent):
+            restart = False
+        elif self.last_exit is not None and exit_matches(self.last_exit, svc.restart_force):
+            restart = True
+        if self.want is Want.POLICY and restart and self.result is not Result.START_LIMIT:
             delay = restart_delay(svc.restart_sec, svc.backoff, self.restart_attempt)
             self.restart_attempt += 1
             self.host.info("unit.restart-scheduled", unit=self.name, delay=round(delay, 3),
@@ -333,9 +443,21 @@ class UnitRuntime:
             return
         self.settle()
 
+    def _stop_post(self, then: Callable[[], None]) -> bool:
+        """Run ExecStopPost= once per run (after a stop, a failure or a failed start);
+        True while they run, ``then`` being called when they are done."""
+        post = self.spec.service.exec_stop_post
+        if not post or self.state is State.STOP_POST or self.stop_post_done:
+            return False
+        self.stop_post_done = True
+        commands.run(self, post, State.STOP_POST, then, then)
+        return True
+
     def settle(self, state: State | None = None) -> None:
         """Down (``state``, else inactive or failed by the result); a restart asked
         for starts now."""
+        if self._stop_post(lambda: self.settle(state)):
+            return
         if state is None:
             state = State.INACTIVE if self.result is Result.SUCCESS else State.FAILED
         self.enter(state)

@@ -21,6 +21,7 @@ class State(enum.Enum):
     EXITED = "exited"  # a oneshot that finished successfully ("active (exited)")
     STOP_PRE = "stop-pre"  # running ExecStop= commands before the stop signal
     STOPPING = "stopping"  # stop signal sent, waiting for the process group
+    STOP_POST = "stop-post"  # running ExecStopPost= once the unit's processes are gone
     KILLING = "killing"  # SIGKILL sent after the stop timeout
     AUTO_RESTART = "auto-restart"  # waiting RestartSec before starting again
     FAILED = "failed"
@@ -70,7 +71,8 @@ DOWN_STATES = frozenset({State.INACTIVE, State.FAILED})
 STOPPING_STATES = frozenset({State.STOPPING, State.KILLING})
 # Where a start asked for now means "start again once down" (systemd: a start
 # job waits for the stop job).
-GOING_DOWN_STATES = frozenset({State.AUTO_RESTART, State.STOP_PRE, *STOPPING_STATES})
+GOING_DOWN_STATES = frozenset({State.AUTO_RESTART, State.STOP_PRE, State.STOP_POST,
+                               *STOPPING_STATES})
 
 # How long to wait for the group to die after SIGKILL before giving up on it
 # (a process in uninterruptible sleep cannot be killed).

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from aeterna.model import (
+    Condition,
     KillMode,
     RestartPolicy,
     Service,
@@ -69,6 +70,7 @@ class FakeHost:
     # the group's signals reach; ``unkillable`` ones survive SIGKILL too.
     leftovers: dict[int, int] = field(default_factory=dict)
     unkillable_leftovers: bool = False
+    forked_pid: int = 0  # what forked_main_pid answers (Type=forking)
     _next: int = PID_BASE
 
     # ------------------------------------------------------------ Host
@@ -82,12 +84,25 @@ class FakeHost:
     def spawn_main(self, unit: UnitRuntime) -> int:
         return self._spawn("main")
 
-    def spawn_command(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str) -> int:
+    def spawn_command(self, unit: UnitRuntime, argv: tuple[str, ...], argv0: str,
+                      privileged: bool = False) -> int:
         self.commands.append(argv)
         return self._spawn("command")
 
     def watch_foreign(self, unit: UnitRuntime, pid: int) -> None:
         pass
+
+    def failed_condition(self, unit: UnitRuntime) -> Condition | None:
+        return None
+
+    def prepare_directories(self, unit: UnitRuntime) -> None:
+        pass
+
+    def forked_main_pid(self, unit: UnitRuntime) -> int:
+        return self.forked_pid
+
+    def group_of(self, pid: int) -> int | None:
+        return pid
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> FakeTimer:
         timer = FakeTimer(self.now + delay, callback)

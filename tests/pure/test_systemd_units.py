@@ -93,8 +93,9 @@ class TestGunicornPair:
         assert warnings == [
             f"{svc}:4: Unit.After: dependencies on .target units are not implemented; "
             "network.target ignored",
-            f"{svc}:11: Service.RuntimeDirectory: not implemented by Aeterna; ignored",
-            f"{svc}:20: Service.PrivateTmp: not implemented by Aeterna; ignored",
+            f"{svc}:20: Service.PrivateTmp: not implemented by Aeterna; ignored (under "
+            "systemd it would have given the unit private /tmp, devices, network, users or "
+            "IPC)",
         ]
 
     def test_loading_either_file_gives_the_same_unit(self) -> None:
@@ -227,8 +228,8 @@ def test_exec_prefixes_in_units(tmp_path: Path) -> None:
     assert (svc.command, svc.ignore_failure, svc.argv0) == (("/bin/app", "--flag"), True,
                                                             "app-main")
     assert svc.exec_start_pre == (("-/bin/mkdir", "-p", "/x"),)
-    assert warnings == [f"{tmp_path}/a.service:4: Service.ExecStop: the + prefix is not "
-                        "implemented; the command runs with the unit's User= and Group="]
+    assert svc.exec_stop == (("+/bin/stop",),)  # runs with the manager's user
+    assert warnings == []
 
 
 def test_expand_exec_env() -> None:
@@ -308,7 +309,7 @@ Restart=always
     assert svc.type is ServiceType.NOTIFY_RELOAD
     assert (svc.timeouts.start, svc.timeouts.stop) == (60.0, math.inf)  # 0 = no limit
     assert (svc.stop_signal, svc.reload_signal) == (signal.SIGINT, signal.SIGUSR2)
-    assert (svc.watchdog_sec, svc.fd_store_max, svc.limit_nofile) == (20.0, 8, 4096)
+    assert (svc.watchdog_sec, svc.fd_store_max, svc.limits) == (20.0, 8, ((7, 4096, 524288),))
     assert svc.env_files == (("/etc/default/a", True), ("/etc/a.env", False))
     assert (svc.start_limit.burst, svc.start_limit.interval) == (3, 30.0)
     assert svc.backoff.factor == pytest.approx(2.0) and svc.backoff.max_delay == 8.0
@@ -345,8 +346,6 @@ def test_approximations_warn(tmp_path: Path) -> None:
         "jobs finish)",
         "a.service:4: Service.WorkingDirectory: the - prefix (ignore a missing directory) is "
         "not implemented; the directory must exist",
-        "a.service:5: Service.SuccessExitStatus: signal SIGUSR1 is not implemented here; a "
-        "death by this signal still counts as a failure",
         "a.socket:3: Unit.After: dependencies of socket units are not implemented (listeners "
         "are bound before any service starts); network-online.target ignored",
     ]
@@ -366,10 +365,14 @@ def test_warnings_for_unimplemented_and_unknown() -> None:
     _, warnings = load_dir(DATA / "warnings")
     f = DATA / "warnings" / "warn.service"
     assert warnings == [
-        f"{f}:8: Service.PrivateTmp: not implemented by Aeterna; ignored",
-        f"{f}:9: Service.ProtectSystem: not implemented by Aeterna; ignored",
+        f"{f}:8: Service.PrivateTmp: not implemented by Aeterna; ignored (under systemd it "
+        "would have given the unit private /tmp, devices, network, users or IPC)",
+        f"{f}:9: Service.ProtectSystem: not implemented by Aeterna; ignored (under systemd it "
+        "would have made parts of the file system, kernel or clock read-only or hidden)",
         f"{f}:10: Service.ExecStrat: unknown directive; ignored",
-        f"{f}:12: Service.StandardOutput: not implemented by Aeterna; ignored",
+        f"{f}:12: Service.StandardOutput: not implemented by Aeterna; ignored (under systemd "
+        "it would have connected the unit's stdio elsewhere (here: the manager's output, "
+        "prefixed))",
         f"{f}:16: X-Aeterna.StateHandofTimeoutSec: unknown Aeterna setting; ignored",
         f"{f}:24: [Timer]: unknown section in a .service unit; ignored",
     ]
@@ -393,9 +396,31 @@ ERRORS: list[tuple[str, dict[str, str], str]] = [
     ("bad time span", {"a.service": SVC + "RestartSec=5 parsecs\n"},
      "a.service:3: Service.RestartSec: expected a time span like 90s, 2min 200ms or infinity, "
      "found '5 parsecs'"),
-    ("forking", {"a.service": "[Service]\nType=forking\nExecStart=/usr/sbin/nginx\n"},
-     "a.service:2: Service.Type: Type=forking is not supported: run the daemon in the "
-     "foreground and use Type=simple, exec or notify"),
+    ("dbus", {"a.service": "[Service]\nType=dbus\nExecStart=/usr/sbin/nginx\n"},
+     "a.service:2: Service.Type: Type=dbus is not supported: Aeterna has no D-Bus; use "
+     "Type=notify"),
+    ("forking relayed", {"a.service": "[Service]\nType=forking\nExecStart=/usr/sbin/nginx\n"
+                                      "[X-Aeterna]\nStrategy=hot-relay\n"},
+     "a.service:5: X-Aeterna.Strategy: expected restart for Type=forking, found 'hot-relay': "
+     "the daemon binds and forks on its own, so N+1 cannot share N's accept queue in a "
+     "controlled way"),
+    ("dynamic user", {"a.service": SVC + "DynamicUser=yes\n"},
+     "a.service:3: Service.DynamicUser: DynamicUser=yes is not supported: Aeterna allocates "
+     "no transient users (systemd's nss-systemd module is not there to resolve them); create "
+     "a system user (adduser --system NAME) and set User=NAME in a drop-in, with "
+     "DynamicUser=no"),
+    ("exit status name", {"a.service": SVC + "SuccessExitStatus=DATAERR NOPE\n"},
+     "a.service:3: Service.SuccessExitStatus: expected exit codes from 0 to 255, exit-status "
+     "names like DATAERR or signal names (SuccessExitStatus), found 'NOPE'"),
+    ("limit order", {"a.service": SVC + "LimitNOFILE=9000:100\n"},
+     "a.service:3: Service.LimitNOFILE: expected a soft limit no higher than the hard one, "
+     "found '9000:100'"),
+    ("runtime dir", {"a.service": SVC + "RuntimeDirectory=../etc\n"},
+     "a.service:3: Service.RuntimeDirectory: expected relative paths like nginx or app/cache, "
+     "without . or .., found '../etc'"),
+    ("condition path", {"a.service": "[Unit]\nConditionPathExists=relative\n" + SVC},
+     "a.service:2: Unit.ConditionPathExists: expected an absolute path (maybe after | and !), "
+     "found 'relative'"),
     ("accept", {"a.service": SVC, "a.socket": "[Socket]\nListenStream=80\nAccept=yes\n"},
      "a.socket:3: Socket.Accept: Accept=yes is not supported (per-connection service instances "
      "are not implemented); use Accept=no and accept() in the service"),
@@ -450,11 +475,11 @@ ERRORS: list[tuple[str, dict[str, str], str]] = [
      "a.service:2: Unit.Requires: expected a unit name like web.service, found 'db' (a unit "
      "name needs its suffix)"),
     ("exit status", {"a.service": SVC + "SuccessExitStatus=1 300\n"},
-     "a.service:3: Service.SuccessExitStatus: expected exit codes from 0 to 255 or signal "
-     "names, found '300'"),
+     "a.service:3: Service.SuccessExitStatus: expected exit codes from 0 to 255, exit-status "
+     "names like DATAERR or signal names (SuccessExitStatus), found '300'"),
     ("fd limit", {"a.service": SVC + "LimitNOFILE=lots\n"},
-     "a.service:3: Service.LimitNOFILE: expected a number of fds like 4096, SOFT:HARD or "
-     "infinity, found 'lots'"),
+     "a.service:3: Service.LimitNOFILE: expected a whole number, SOFT:HARD or infinity, "
+     "found 'lots'"),
     ("lone percent", {"a.service": "[Unit]\nDescription=100%\n" + SVC},
      "a.service:2: Unit.Description: expected a specifier after '%' (write %% for a literal "
      "percent sign), found '100%'"),

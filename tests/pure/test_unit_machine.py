@@ -104,6 +104,24 @@ def stop_pre(h: FakeHost) -> UnitRuntime:
     return u
 
 
+def stop_post(h: FakeHost) -> UnitRuntime:
+    """ExecStopPost= running after a stop, the unit's processes gone."""
+    u = unit_with(h, exec_stop_post=(("/bin/post",),))
+    u.dispatch(Event.START)
+    u.dispatch(Event.STOP)
+    if u.state is State.STOPPING:
+        assert u.main_pid is not None
+        h.exit(u, u.main_pid, OK)
+    return u
+
+
+def active_max(h: FakeHost) -> UnitRuntime:
+    """Active with RuntimeMaxSec=."""
+    u = unit_with(h, runtime_max_sec=5.0)
+    u.dispatch(Event.START)
+    return u
+
+
 def stopping(h: FakeHost) -> UnitRuntime:
     h.withstands = frozenset({signal.SIGTERM, signal.SIGHUP})  # it takes its time to stop
     u = unit_with(h)
@@ -151,7 +169,8 @@ REACH: dict[State, Callable[[FakeHost], UnitRuntime]] = {
     State.INACTIVE: inactive, State.FAILED: failed, State.WAITING: waiting,
     State.START_PRE: start_pre, State.STARTING: starting, State.START_POST: start_post,
     State.ACTIVE: active, State.RELOADING: reloading, State.EXITED: exited,
-    State.STOP_PRE: stop_pre, State.STOPPING: stopping, State.KILLING: killing,
+    State.STOP_PRE: stop_pre, State.STOP_POST: stop_post, State.STOPPING: stopping,
+    State.KILLING: killing,
     State.AUTO_RESTART: auto_restart,
 }
 
@@ -236,12 +255,18 @@ CELLS: dict[tuple[State, Event], Cell] = {
     (S.RELOADING, E.COMMAND_EXITED): Cell(reloading, S.ACTIVE, (("info", OK),),
                                           _reloads(1, "success")),
     (S.EXITED, E.STOP): Cell(exited, S.INACTIVE),
+    (S.EXITED, E.RELOAD): Cell(exited, S.EXITED, check=_reloads(1, "success")),
     (S.STOP_PRE, E.COMMAND_EXITED): Cell(stop_pre, S.INACTIVE, (("info", OK),),
                                          _signalled(signal.SIGTERM)),
     (S.STOP_PRE, E.TIMEOUT): Cell(stop_pre, S.FAILED, check=_result(Result.TIMEOUT)),
     (S.STOP_PRE, E.EXITED): Cell(stop_pre, S.INACTIVE, (("info", OK),)),
     (S.STOP_PRE, E.START): Cell(stop_pre, S.STOP_PRE, check=_want(Want.START)),
     (S.STOP_PRE, E.STOP): Cell(stop_pre, S.STOP_PRE, check=_want(Want.STAY_DOWN)),
+    (S.STOP_POST, E.COMMAND_EXITED): Cell(stop_post, S.INACTIVE, (("info", OK),)),
+    (S.STOP_POST, E.TIMEOUT): Cell(stop_post, S.FAILED, check=_result(Result.TIMEOUT)),
+    (S.STOP_POST, E.START): Cell(stop_post, S.STOP_POST, check=_want(Want.START)),
+    (S.STOP_POST, E.STOP): Cell(stop_post, S.STOP_POST, check=_want(Want.STAY_DOWN)),
+    (S.ACTIVE, E.TIMEOUT): Cell(active_max, S.FAILED, check=_result(Result.TIMEOUT)),
     (S.STOPPING, E.START): Cell(stopping, S.STOPPING, check=_want(Want.START)),
     (S.STOPPING, E.STOP): Cell(stopping, S.STOPPING, check=_want(Want.STAY_DOWN)),
     (S.STOPPING, E.EXITED): Cell(stopping, S.INACTIVE, (("info", OK),)),

@@ -34,9 +34,9 @@ BROKEN = [
     ("missing-command", "service:\n  name: a\n",
      "u.yaml:2: service.command: expected a non-empty list of strings, found nothing "
      "(missing key)"),
-    ("bad-type", BASE + "  type: forking\n",
-     "u.yaml:4: service.type: expected one of simple | exec | notify | notify-reload | oneshot,"
-     " found 'forking'"),
+    ("bad-type", BASE + "  type: dbus\n",
+     "u.yaml:4: service.type: expected one of simple | exec | notify | notify-reload | oneshot"
+     " | forking, found 'dbus'"),
     ("bad-restart", BASE + "  restart: sometimes\n",
      "u.yaml:4: service.restart: expected one of no | on-success | on-failure | on-abnormal | "
      "on-watchdog | on-abort | always, found 'sometimes'"),
