@@ -30,7 +30,8 @@ STAMP_TEST  := $(VENV)/.stamp-test
 APT_PACKAGES ?= python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
                 tini dumb-init supervisor wrk util-linux procps iproute2 golang-go \
                 mmdebstrap docker.io podman runc debhelper dh-python \
-                pybuild-plugin-pyproject lintian piuparts fakeroot default-jdk-headless
+                pybuild-plugin-pyproject lintian piuparts fakeroot default-jdk-headless \
+                init-system-helpers
 
 # The `test` extra from pyproject.toml, less systemd-python.
 TEST_DEPS_NO_SYSTEMD := import tomllib; \

@@ -19,7 +19,9 @@ from typing import Any
 
 from ..unit.states import DOWN_STATES, UP_STATES, State
 from ..wire.control import ControlError, parse_request, reply_error, reply_ok
+from . import systemd_verbs
 from .limits import WaitingLimit
+from .systemd_verbs import resolve
 from .usage import UsageCache
 from .view import ManagerView, UnitView
 
@@ -123,6 +125,8 @@ class ControlServer:
         handler = VERBS.get(verb) if isinstance(verb, str) else None
         if handler is None:
             raise ControlError("bad-request", f"unknown verb {verb!r}")
+        if unit is not None:
+            unit = resolve(self.view, unit) or unit
         if unit is not None and unit not in self.view.units:
             hint = (" (a new unit file is read, and started, by 'aeterna reload' without a "
                     "unit)" if verb in ("reload", "start") else "")
@@ -152,6 +156,8 @@ async def stop(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any
         return {"stopping": "all"}
     m.stop_unit(unit)
     u = m.units[unit]
+    if req.get("no_block"):
+        return _settled(unit, u)
     await m.wait_for(lambda: u.state in DOWN_STATES)
     return _settled(unit, u)
 
@@ -172,7 +178,8 @@ async def start(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> An
         m.start_unit(unit)
     else:
         settled = lambda: u.state in UP_STATES or u.state in DOWN_STATES  # noqa: E731
-    await m.wait_for(settled)
+    if not req.get("no_block"):
+        await m.wait_for(settled)
     return {**_settled(unit, u), "main_pid": u.main_pid}
 
 
@@ -183,7 +190,8 @@ async def restart(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> 
     u = m.units[unit]
     settled = _next_generation(u)
     m.restart_unit(unit)
-    await m.wait_for(settled)
+    if not req.get("no_block"):
+        await m.wait_for(settled)
     return {**_settled(unit, u), "main_pid": u.main_pid}
 
 
@@ -237,7 +245,11 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
 
 
 VERBS: dict[str, Verb] = {"ping": ping, "status": status, "stop": stop, "start": start,
-                          "restart": restart, "reload": reload}
+                          "restart": restart, "reload": reload,
+                          "show": systemd_verbs.show, "cat": systemd_verbs.cat,
+                          "kill": systemd_verbs.kill, "reset-failed": systemd_verbs.reset_failed,
+                          "daemon-reload": systemd_verbs.daemon_reload,
+                          "logs": systemd_verbs.logs}
 
 
 def _always() -> bool:

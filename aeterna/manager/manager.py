@@ -31,6 +31,7 @@ from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, 
 from ..unit.watchdog import Timer
 from . import daemon_reload
 from .faults import Faults
+from .journal import Journals, Ring
 from .notify_endpoint import NotifyEndpoint
 from .ordering import Ordering
 from .reaper import Reaper
@@ -67,6 +68,7 @@ class Manager:
         self.surfaces: Surfaces | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pids = PidIndex()
+        self.journals = Journals()  # each unit's output lines, bounded (aeterna logs)
         self.units: dict[str, UnitRuntime] = {u.name: UnitRuntime(u, self) for u in loaded.units}
         self.ordering = Ordering(self.units, self.post)
         log.set_unit_levels({u.name: u.observability.log_level for u in loaded.units})
@@ -112,7 +114,7 @@ class Manager:
         self._open_notify()
         self.reaper = Reaper(loop, self.log, self.pids)
         self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
-                               child_nofile)
+                               child_nofile, self.journals)
         for runtime in self.units.values():
             self.bind_unit(runtime)
             self.srp_for(runtime, runtime.spec)
@@ -326,6 +328,38 @@ class Manager:
         if spec is not None:
             runtime.spec = spec
         runtime.restart()
+
+    def kill_unit(self, name: str, sig: int, whom: str) -> list[int]:
+        """``systemctl kill``: signal the main process (``main``), or every process of the
+        unit's group and of its other live generations (``all``); the pids signalled."""
+        runtime = self.units[name]
+        done: list[int] = []
+        if whom == "control":
+            pids = [runtime.command_pid] if runtime.command_pid else []
+            return [p for p in pids if proc.kill_group(p, sig)]
+        if runtime.main_pid is not None:
+            if whom == "main":
+                return [runtime.main_pid] if proc.kill_pid(runtime.main_pid, sig) else []
+            group = runtime.pgid or runtime.main_pid
+            if proc.kill_group(group, sig):
+                done.append(group)
+        if whom == "all" and self.relays is not None:
+            for gen in self.relays.generations(name):
+                pid = gen.get("pid")
+                if pid and pid not in done and proc.kill_group(pid, sig):
+                    done.append(pid)
+        return done
+
+    def reset_failed(self, name: str | None = None) -> list[str]:
+        """``systemctl reset-failed [UNIT]``: failed units become inactive."""
+        names = [name] if name is not None else list(self.order)
+        reset = [n for n in names if self.units[n].state is State.FAILED]
+        for n in reset:
+            self.units[n].dispatch(Event.RESET_FAILED)
+        return reset
+
+    def journal(self, name: str) -> Ring:
+        return self.journals.ring(name)
 
     def reload_in_place(self, name: str) -> None:
         """ExecReload= / notify-reload of an active unit."""
