@@ -194,9 +194,11 @@ async def logs(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any
         if wait > 0:
             await ring.wait(int(after), wait)
         entries, lost = ring.since(int(after), limit=5000)
-    cursor = entries[-1].seq if entries else (ring.last_seq if after is None else int(after))
+    # Where the next read starts: past what was sent and what the ring lost.
     if after is None:
         cursor = ring.last_seq
+    else:
+        cursor = entries[-1].seq if entries else int(after) + lost
     since = req.get("since")
     if since is not None:
         entries = [e for e in entries if e.time >= float(since)]

@@ -76,8 +76,10 @@ class Ring:
         """Lines after ``seq`` (at most ``limit``, the oldest first) and how many lines
         after ``seq`` the ring no longer holds."""
         entries = self.entries
-        if not entries or seq >= self.last_seq:
+        if seq >= self.last_seq:
             return [], 0
+        if not entries:  # everything after seq was pushed out (by one huge line, say)
+            return [], self.last_seq - seq
         first = entries[0].seq
         lost = max(0, first - seq - 1)
         start = max(0, seq + 1 - first)
