@@ -30,6 +30,7 @@ from ..unit.runtime import UnitRuntime
 from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, State, Want
 from ..unit.watchdog import Timer
 from . import daemon_reload
+from .activation import Activation
 from .faults import Faults
 from .journal import Journals, Ring
 from .notify_endpoint import NotifyEndpoint
@@ -85,6 +86,7 @@ class Manager:
         self._done: asyncio.Future[int] | None = None
         self._booted = False  # every unit was asked to start: "all down" means done
         self._bg: set[asyncio.Task[Any]] = set()
+        self.activation = Activation(log, self._activate)  # down units their sockets wake
 
     @property
     def order(self) -> list[str]:
@@ -125,8 +127,12 @@ class Manager:
                       control=self.runtime_dir or None)
         pid1.trim_memory()  # loading and parsing left freed pages behind
         for name in self.order:
-            if self.units[name].state is State.INACTIVE:
-                self.units[name].dispatch(Event.START)
+            runtime = self.units[name]
+            if runtime.state is State.INACTIVE:
+                if runtime.spec.service.on_demand:
+                    self.activation.arm(runtime)
+                else:
+                    runtime.dispatch(Event.START)
         self._booted = True
         self._schedule()
         pid1.trim_memory()  # and starting them left more
@@ -188,6 +194,7 @@ class Manager:
 
     def _close_resources(self) -> None:
         assert self.loop is not None
+        self.activation.disarm_all()
         self.loop.remove_reader(self.notify.fileno())
         self.notify.close()
         for runtime in self.units.values():
@@ -298,11 +305,22 @@ class Manager:
             # FileDescriptorStorePreserve=restart: kept across restarts only.
             self.log.info("fdstore.released", unit=unit.name, count=len(unit.fdstore.entries))
             unit.fdstore.clear()
+        if unit.state is State.INACTIVE and unit.listeners and not self.shutting_down and (
+                unit.want is Want.STAY_DOWN or unit.spec.service.on_demand):
+            self.activation.arm(unit)  # stopped by the user, or on demand: sockets wake it
+        elif unit.state is not State.INACTIVE:
+            self.activation.disarm(unit)
         self.ordering.changed(unit)
+
+    def _activate(self, runtime: UnitRuntime) -> None:
+        """Its socket's first connection: start it (``activation.Activation``)."""
+        if runtime.state is State.INACTIVE and not self.shutting_down:
+            runtime.dispatch(Event.START)
 
     # ------------------------------------------------------------- actions
     def shutdown(self) -> None:
         """Stop every unit in reverse dependency order, then exit."""
+        self.activation.disarm_all()
         if self.relays is not None:
             self.relays.abort_all()
         self.ordering.stop_all()
@@ -546,6 +564,8 @@ class Manager:
         if self.shutting_down:
             if self._exited:
                 return  # a finished oneshot still counts as up until it is stopped
+        elif self.activation.armed:
+            return  # units waiting for their first connection
         elif any(r.want is Want.STAY_DOWN and r.state in DOWN_STATES
                  for r in self.units.values()):
             # Everything ended by itself: exit, as tini does when its child exits. But
