@@ -7,6 +7,8 @@ import socket
 import sys
 import threading
 
+LOCK = threading.Lock()
+
 
 def serve(conn: socket.socket) -> None:
     with conn:
@@ -19,7 +21,9 @@ def serve(conn: socket.socket) -> None:
             data += chunk
         gen = os.environ.get("AETERNA_GENERATION", "?")
         conn.sendall(f"pong gen={gen} pid={os.getpid()}\n".encode())
-    print(f"served {data.decode().strip()}", flush=True)
+    with LOCK:  # print() from threads may interleave a line with another's newline
+        sys.stdout.write(f"served {data.decode().strip()}\n")
+        sys.stdout.flush()
 
 
 def main() -> int:
