@@ -386,3 +386,44 @@ def test_debian_service_and_deb_systemd_invoke_drive_units(aeterna: Any,
     r = subprocess.run(["deb-systemd-invoke", "start", "nosuch.service"], capture_output=True,
                        text=True, timeout=60, env=denv)
     assert "nosuch.service is a disabled or a static unit" in r.stderr
+
+
+def _ansible(m: Any, bin_dir: Path, tmp: Path, args: str) -> tuple[int, dict[str, Any]]:
+    """One ad-hoc ``ansible.builtin.systemd_service`` task against localhost."""
+    ansible = Path(sys.executable).parent / "ansible"
+    env = {**env_for(m, bin_dir), "ANSIBLE_HOME": str(tmp / "ansible-home"),
+           "ANSIBLE_LOCAL_TEMP": str(tmp / "ansible-tmp"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_HOST_KEY_CHECKING": "0"}
+    r = subprocess.run([str(ansible), "localhost", "-c", "local", "-i", "localhost,",
+                        "-e", f"ansible_python_interpreter={sys.executable}",
+                        "-m", "ansible.builtin.systemd_service", "-a", args],
+                       capture_output=True, text=True, timeout=120, env=env)
+    head, _, body = r.stdout.partition("=>")
+    assert body, r.stdout + r.stderr
+    return r.returncode, json.loads(body)
+
+
+def test_ansible_systemd_service_module_drives_a_unit(aeterna: Any, tmp_path: Path) -> None:
+    """ansible-core's own module reads ``systemctl show`` and acts with our verbs."""
+    if not (Path(sys.executable).parent / "ansible").exists():
+        pytest.skip("ansible-core is not installed (the test extra has it)")
+    m = aeterna({"web.yaml": SLOW_NOTIFY.format(n="web"), "a.yaml": SLEEPER.format(n="a")})
+    m.wait_ready()
+    first = m.wait_status("web", lambda s: s["state"] == "active")
+    bin_dir = front_ends(tmp_path)
+    rc, out = _ansible(m, bin_dir, tmp_path, "name=web state=started")
+    assert rc == 0 and out["changed"] is False, out  # already running: nothing to do
+    assert out["status"]["ActiveState"] == "active"
+    assert out["status"]["MainPID"] == str(first["main_pid"])
+    rc, out = _ansible(m, bin_dir, tmp_path, "name=web.service state=restarted")
+    assert rc == 0 and out["changed"] is True, out
+    st = m.status("web")
+    assert st["state"] == "active" and st["generation"] == 2  # restarted, and ready
+    rc, out = _ansible(m, bin_dir, tmp_path, "name=web state=stopped")
+    assert rc == 0 and out["changed"] is True, out
+    assert m.status("web")["state"] == "inactive"
+    rc, out = _ansible(m, bin_dir, tmp_path, "name=web state=started enabled=true")
+    assert rc == 0 and out["changed"] is True and out["enabled"] is True, out
+    assert m.status("web")["state"] == "active"
+    rc, out = _ansible(m, bin_dir, tmp_path, "name=nosuch state=started")
+    assert rc != 0 and "Could not find the requested service nosuch" in out["msg"], out
