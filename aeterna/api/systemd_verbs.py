@@ -89,7 +89,7 @@ def properties(u: UnitView) -> dict[str, str]:
         "ExecMainStatus": str(status),
         "ExecMainCode": "" if exit_info is None else ("2" if last and last.signal else "1"),
         "NRestarts": str(u.restarts),
-        "UnitFileState": "enabled",
+        "UnitFileState": "enabled" if spec.service.enabled else "disabled",
         "UnitFilePreset": "enabled",
         "ActiveEnterTimestamp": systemd_timestamp(u.active_since),
         "FragmentPath": spec.source.file,

@@ -176,6 +176,7 @@ _SERVICE = (
     "kill_mode", "depends_on", "notify_access", "watchdog_sec", "watchdog_signal",
     "reload_signal", "fd_store_max", "limit_nofile", "success_exit_status", "sockets",
     "exec_start_pre", "exec_start_post", "exec_stop", "exec_reload", "on_demand",
+    "enabled",
 )
 _SOCKET = (
     "listen", "type", "name", "backlog", "reuse_port", "ipv6_only", "nodelay", "keepalive",
@@ -310,6 +311,8 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
         nodes = doc.seq(m["sockets"][1], f"{p}.sockets")
         kw["sockets"] = tuple(_socket(doc, n, f"{p}.sockets[{i}]", name)
                               for i, n in enumerate(nodes))
+    if "enabled" in m:
+        kw["enabled"] = doc.boolean(m["enabled"][1], f"{p}.enabled")
     if "on_demand" in m:
         kw["on_demand"] = doc.boolean(m["on_demand"][1], f"{p}.on_demand")
         if kw["on_demand"] and not kw.get("sockets"):

@@ -129,10 +129,7 @@ class Manager:
         for name in self.order:
             runtime = self.units[name]
             if runtime.state is State.INACTIVE:
-                if runtime.spec.service.on_demand:
-                    self.activation.arm(runtime)
-                else:
-                    runtime.dispatch(Event.START)
+                self._boot(runtime)
         self._booted = True
         self._schedule()
         pid1.trim_memory()  # and starting them left more
@@ -312,6 +309,17 @@ class Manager:
             self.activation.disarm(unit)
         self.ordering.changed(unit)
 
+    def _boot(self, runtime: UnitRuntime) -> None:
+        """At boot (or when a reload adds it): start an enabled unit; a disabled or
+        on-demand one waits for a start, or for a connection on its sockets."""
+        service = runtime.spec.service
+        if service.enabled and not service.on_demand:
+            runtime.dispatch(Event.START)
+            return
+        if not service.enabled:
+            runtime.hold_down()  # being administered: the manager waits for a start
+        self.activation.arm(runtime)
+
     def _activate(self, runtime: UnitRuntime) -> None:
         """Its socket's first connection: start it (``activation.Activation``)."""
         if runtime.state is State.INACTIVE and not self.shutting_down:
@@ -452,8 +460,10 @@ class Manager:
         for spec in specs:
             runtime = self.units[spec.name]
             if runtime.state is State.INACTIVE:  # not failed at bind
-                self.log.info("reload.added", unit=spec.name, action="start")
-                runtime.dispatch(Event.START)
+                svc = spec.service
+                self.log.info("reload.added", unit=spec.name, action="start" if svc.enabled
+                              and not svc.on_demand else "wait")
+                self._boot(runtime)
 
     def reload_unit(self, name: str, new: dict[str, UnitSpec] | list[str] | None = None
                     ) -> tuple[str, UnitSpec | None, str]:

@@ -108,3 +108,36 @@ def test_on_demand_needs_sockets(tmp_path: Any) -> None:
     assert r.returncode == 2
     assert r.stderr.startswith(f"{tmp_path}/u.yaml:4: service.on_demand: expected false, or "
                                "sockets to wait on")
+
+
+def test_a_disabled_unit_waits_for_a_start_or_a_connection(aeterna: Any, tmp_path: Any) -> None:
+    """``enabled: false``: not started at boot; with sockets, its first connection starts
+    it; ``is-enabled`` says disabled (exit 1), as Debian's deb-systemd-invoke reads it."""
+    import shutil
+    import subprocess
+
+    from conftest import AETERNA
+
+    port = free_port()
+    disabled = "service:\n  name: d\n  command: [sleep, '60']\n  enabled: false\n"
+    m = aeterna({"d.yaml": disabled,
+                 "echo.yaml": unit(port, on_demand=False) + "  enabled: false\n"})
+    m.wait_ready()
+    m.wait_line(r"unit\.waiting-for-connection unit=echo")
+    assert m.status("d")["state"] == "inactive" and m.status("echo")["state"] == "inactive"
+    assert m.proc.poll() is None  # nothing runs, and the manager waits
+    r = subprocess.run([*AETERNA, "--control", m.control, "is-enabled", "d"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert (r.returncode, r.stdout) == (1, "disabled\n")
+    assert ask(port, "hello").startswith("pong gen=1 ")
+    if shutil.which("deb-systemd-invoke"):
+        from test_systemctl import env_for, front_ends
+
+        env = {**env_for(m, front_ends(tmp_path)), "DPKG_ROOT": str(tmp_path / "none")}
+        r = subprocess.run(["deb-systemd-invoke", "start", "d.service"], capture_output=True,
+                           text=True, timeout=60, env=env)
+        assert "d.service is a disabled or a static unit, not starting it" in r.stderr
+        assert m.status("d")["state"] == "inactive"
+    r = subprocess.run([*AETERNA, "--control", m.control, "start", "d"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0 and m.status("d")["state"] == "active", r.stderr

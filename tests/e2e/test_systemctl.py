@@ -427,3 +427,29 @@ def test_ansible_systemd_service_module_drives_a_unit(aeterna: Any, tmp_path: Pa
     assert m.status("web")["state"] == "active"
     rc, out = _ansible(m, bin_dir, tmp_path, "name=nosuch state=started")
     assert rc != 0 and "Could not find the requested service nosuch" in out["msg"], out
+
+
+def test_control_after_the_verb_runs_the_manager_there(tmp_path: Path) -> None:
+    units = tmp_path / "units"
+    units.mkdir()
+    (units / "a.yaml").write_text(SLEEPER.format(n="a"))
+    control = tmp_path / "here.sock"
+    proc = subprocess.Popen([*AETERNA, "start", "-c", str(units), "--control", str(control)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT,
+                            env={**os.environ, "AETERNA_CONTROL": str(tmp_path / "not-here")})
+    try:
+        deadline = time.monotonic() + 20
+        while not control.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.02)
+        r = subprocess.run([*AETERNA, "is-active", "a", "--control", str(control)],
+                           capture_output=True, text=True, timeout=30, cwd=ROOT)
+        assert (r.returncode, r.stdout) in ((0, "active\n"), (3, "activating\n"))
+        r = subprocess.run([*AETERNA, "stop", "--control", str(control)], capture_output=True,
+                           text=True, timeout=30, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        assert proc.wait(20) == 143
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
