@@ -103,10 +103,11 @@ class ControlServer:
                     self.view.log.warning("control.refused", uid=uid, reason="uid")
                     raise ControlError("denied", f"uid {uid} may not control this manager")
                 result = await self.handle(parse_request(line))
-                # A status of thousands of units is a large JSON document:
-                # encoded in a worker thread, not on the loop.
+                # A status of thousands of units, or a log ring of 10,000 lines, is
+                # a large JSON document: encoded in a worker thread, not on the loop.
                 reply = (await asyncio.get_running_loop().run_in_executor(None, reply_ok, result)
-                         if isinstance(result, dict) and len(result.get("units", ())) > 100
+                         if isinstance(result, dict) and (len(result.get("units", ())) > 100
+                                                          or len(result.get("entries", ())) > 500)
                          else reply_ok(result))
             except ControlError as exc:
                 reply = reply_error(exc)

@@ -6,7 +6,9 @@ wall-clock time, stream, pid and generation, besides going to the manager's
 own output as before. A ring holds at most ``MAX_LINES`` lines and
 ``MAX_BYTES`` bytes (line text plus ``ENTRY_OVERHEAD`` for the entry itself),
 whichever is reached first: the oldest lines go. So a unit printing 100k
-lines a second costs the same memory as one printing ten.
+lines a second costs the same memory as one printing ten. All rings together
+stay under ``TOTAL_BYTES``: with more than 16 units that print, each gets an
+equal share (at least ``MIN_BYTES``).
 
 Readers use the sequence number as a cursor: ``since(seq)`` returns what came
 after, and tells how many lines the ring dropped in between, so a follower
@@ -24,6 +26,10 @@ from typing import NamedTuple
 
 MAX_LINES = 10_000
 MAX_BYTES = 4 * 1024 * 1024
+# All rings together: with many units each ring gets its share, never less than
+# MIN_BYTES (so 1,000 chatty units cost 64 MiB at most, not 4 GiB).
+TOTAL_BYTES = 64 * 1024 * 1024
+MIN_BYTES = 64 * 1024
 # What an entry costs beyond its text, measured with sys.getsizeof on CPython
 # 3.11 (the tuple, its float, ints and the bytes object's header), rounded up.
 ENTRY_OVERHEAD = 200
@@ -114,13 +120,19 @@ class Ring:
 class Journals:
     """Every unit's ring, made on the unit's first line."""
 
-    def __init__(self) -> None:
+    def __init__(self, total_bytes: int = TOTAL_BYTES) -> None:
         self.rings: dict[str, Ring] = {}
+        self.total_bytes = total_bytes
 
     def ring(self, unit: str) -> Ring:
         ring = self.rings.get(unit)
         if ring is None:
             ring = self.rings[unit] = Ring()
+            # A new ring shrinks every ring's share; a ring over its new limit is
+            # trimmed at its next line.
+            share = max(MIN_BYTES, min(MAX_BYTES, self.total_bytes // len(self.rings)))
+            for r in self.rings.values():
+                r.max_bytes = share
         return ring
 
     def tap(self, unit: str, stream: str, pid: int,

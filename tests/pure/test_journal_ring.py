@@ -50,3 +50,24 @@ def test_tail() -> None:
     assert ring.tail(10)[0].as_dict() == {"seq": 1, "time": ring.tail(10)[0].as_dict()["time"],
                                           "stream": "stderr", "pid": 7, "generation": 2,
                                           "text": "a"}
+
+
+def test_all_rings_together_stay_under_the_total() -> None:
+    from aeterna.manager.journal import MAX_BYTES, MIN_BYTES, TOTAL_BYTES, Journals
+
+    total = 8 * 1024 * 1024
+    j = Journals(total_bytes=total)
+    line = b"y" * 1000
+    for i in range(40):
+        j.tap(f"u{i}", "stdout", 1, 1)([line] * 200)
+    assert sum(r.bytes for r in j.rings.values()) > total  # the first ones had more room
+    for i in range(40):
+        j.tap(f"u{i}", "stdout", 1, 1)([line])  # each trims to its share
+    assert sum(r.bytes for r in j.rings.values()) <= total  # 40 x 241 KB written
+    assert {r.max_bytes for r in j.rings.values()} == {total // 40}
+    assert TOTAL_BYTES // 16 == MAX_BYTES  # up to 16 chatty units keep 4 MiB each
+    assert Journals().ring("only").max_bytes == MAX_BYTES
+    many = Journals()
+    for i in range(5000):
+        many.ring(f"u{i}")
+    assert many.ring("u0").max_bytes == MIN_BYTES
