@@ -427,6 +427,32 @@ def daemon_reload(client: Client, a: Args, units: list[str]) -> int:
     return OK
 
 
+def _install(verb: str) -> Callable[[Client, Args, list[str]], int]:
+    """``enable``/``disable [--now] UNIT...``: systemctl's messages on stderr."""
+    def run(client: Client, a: Args, units: list[str]) -> int:
+        if not units:
+            _err("Too few arguments.")
+            return FAILED
+        code = OK
+        for name in units:
+            reply = client(verb, name)
+            if not reply.get("ok"):
+                _err(f"Failed to {verb} unit: {reply.get('error')}")
+                code = FAILED
+                continue
+            result = reply["result"]
+            if not a.flag("quiet"):
+                for link in result["links"]:
+                    _err(f"Created symlink {link} \u2192 {result['target']}." if verb == "enable"
+                         else f"Removed \"{link}\".")
+            if a.flag("now"):
+                job = client("start" if verb == "enable" else "stop", name)
+                if not job.get("ok") or job["result"].get("state") == "failed":
+                    code = FAILED
+        return code
+    return run
+
+
 def not_here(what: str) -> Callable[[Client, Args, list[str]], int]:
     def run(client: Client, a: Args, units: list[str]) -> int:
         _err(f"systemctl {what}: not supported by Aeterna's front end yet")
@@ -442,7 +468,7 @@ COMMANDS: dict[str, Callable[[Client, Args, list[str]], int]] = {
     "is-system-running": is_system_running, "list-units": list_units,
     "list-unit-files": list_unit_files, "show": show, "status": status, "cat": cat,
     "kill": kill, "reset-failed": reset_failed, "daemon-reload": daemon_reload,
-    "enable": not_here("enable"), "disable": not_here("disable"), "mask": not_here("mask"),
+    "enable": _install("enable"), "disable": _install("disable"), "mask": not_here("mask"),
     "unmask": not_here("unmask"),
 }
 

@@ -250,7 +250,8 @@ VERBS: dict[str, Verb] = {"ping": ping, "status": status, "stop": stop, "start":
                           "show": systemd_verbs.show, "cat": systemd_verbs.cat,
                           "kill": systemd_verbs.kill, "reset-failed": systemd_verbs.reset_failed,
                           "daemon-reload": systemd_verbs.daemon_reload,
-                          "logs": systemd_verbs.logs}
+                          "logs": systemd_verbs.logs, "enable": systemd_verbs.enable,
+                          "disable": systemd_verbs.disable}
 
 
 def _always() -> bool:

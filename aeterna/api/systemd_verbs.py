@@ -176,6 +176,34 @@ async def daemon_reload(srv: ControlServer, unit: str | None, req: dict[str, Any
     return result
 
 
+async def enable(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any:
+    """Link a systemd unit from its ``WantedBy=`` targets, then re-read the files."""
+    return await _install(srv, unit, "enable")
+
+
+async def disable(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any:
+    """Remove a systemd unit's ``*.wants/`` links, then re-read the files."""
+    return await _install(srv, unit, "disable")
+
+
+async def _install(srv: ControlServer, unit: str | None, verb: str) -> Any:
+    from ..loader import systemd_install
+
+    if unit is None:
+        raise ControlError("bad-request", f"{verb} needs a unit")
+    m = srv.view
+    path = m.units[unit].spec.source.file
+    if not path.endswith((".service", ".socket")):
+        raise ControlError("bad-request", f"{unit} is defined by {path}: a YAML unit is "
+                           "enabled unless it says 'service.enabled: false'")
+    try:
+        links = (systemd_install.enable if verb == "enable" else systemd_install.disable)(path)
+    except OSError as exc:
+        raise ControlError("failed", f"{path}: {exc.strerror}")
+    result, _ = m.reload(relay=False, new=await m.read_units())
+    return {"unit": unit, "links": links, "target": path, "reload": result.get("ok", True)}
+
+
 FOLLOW_WAIT_MAX = 30.0  # s a follower's long poll may wait for its next line
 
 

@@ -453,3 +453,51 @@ def test_control_after_the_verb_runs_the_manager_there(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_a_systemd_tree_starts_what_its_targets_want(aeterna: Any, tmp_path: Path) -> None:
+    """With ``*.wants/`` links, only what the boot targets want starts; a linked
+    ``.socket`` waits for its first connection; ``enable``/``disable`` write the links."""
+    from conftest import free_port
+    from test_on_demand import APP, ask
+
+    port = free_port()
+    tree = tmp_path / "system"
+    tree.mkdir()
+    service = "[Service]\nExecStart=/bin/sleep 60\n[Install]\nWantedBy=multi-user.target\n"
+    (tree / "a.service").write_text(service)
+    (tree / "b.service").write_text(service)
+    (tree / "s.service").write_text(f"[Service]\nExecStart={sys.executable} {APP}\n")
+    (tree / "s.socket").write_text(f"[Socket]\nListenStream=127.0.0.1:{port}\n"
+                                   "[Install]\nWantedBy=sockets.target\n")
+    for target, unit in (("multi-user.target", "a.service"), ("sockets.target", "s.socket")):
+        (tree / f"{target}.wants").mkdir()
+        (tree / f"{target}.wants" / unit).symlink_to(f"../{unit}")
+    m = aeterna(tree)
+    m.wait_ready()
+    m.wait_status("a", lambda s: s["state"] == "active")
+    m.wait_line(r"unit\.waiting-for-connection unit=s")
+    assert m.status("b")["state"] == "inactive" and m.status("s")["state"] == "inactive"
+    assert cli(m, "is-enabled", "b").stdout == "disabled\n"
+    assert cli(m, "is-enabled", "b").returncode == 1
+    assert ask(port, "x").startswith("pong gen=1 ")  # the socket started s
+    # enable writes the link (and does not start); --now starts too.
+    r = cli(m, "enable", "b.service")
+    assert r.returncode == 0, r.stderr
+    link = tree / "multi-user.target.wants" / "b.service"
+    assert os.readlink(link) == "../b.service"
+    assert f"Created symlink {link}" in r.stderr
+    assert cli(m, "is-enabled", "b").stdout == "enabled\n"
+    assert m.status("b")["state"] == "inactive"
+    r = cli(m, "disable", "--now", "a")
+    assert r.returncode == 0, r.stderr
+    assert not (tree / "multi-user.target.wants" / "a.service").exists()
+    assert m.status("a")["state"] == "inactive"
+    assert cli(m, "is-enabled", "a").stdout == "disabled\n"
+    r = cli(m, "enable", "--now", "a")
+    assert r.returncode == 0 and m.status("a")["state"] == "active", r.stderr
+    # A YAML unit is enabled by its file, not by links: enable says so.
+    m2 = aeterna({"y.yaml": SLEEPER.format(n="y")})
+    m2.wait_ready()
+    r = cli(m2, "enable", "y")
+    assert r.returncode == 1 and "service.enabled: false" in r.stderr
