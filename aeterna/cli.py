@@ -89,12 +89,13 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from . import cli_systemctl
-
     if argv is None:
-        front = cli_systemctl.front_end(sys.argv[0])
-        if front is not None:  # invoked through a `systemctl` or `journalctl` link
-            return front(sys.argv[1:])
+        if os.path.basename(sys.argv[0]) in ("systemctl", "journalctl"):
+            from . import cli_systemctl  # not imported by the manager: it carries json
+
+            front = cli_systemctl.front_end(sys.argv[0])
+            assert front is not None
+            return front(sys.argv[1:])  # invoked through a `systemctl` or `journalctl` link
         argv = sys.argv[1:]
     systemd = _systemd_verb(argv)
     if systemd is not None:
@@ -123,8 +124,6 @@ def main(argv: list[str] | None = None) -> int:
 def _systemd_verb(argv: list[str]) -> int | None:
     """``aeterna systemctl|journalctl ARGS`` and the systemctl verbs (``aeterna is-active
     UNIT``): handed over whole, with systemctl's parsing and exit codes."""
-    from . import cli_systemctl
-
     words = []
     skip = False
     for i, word in enumerate(argv):
@@ -138,14 +137,16 @@ def _systemd_verb(argv: list[str]) -> int | None:
     if not words:
         return None
     i, verb = words[0]
+    if verb not in SYSTEMCTL_VERBS and verb not in ("systemctl", "journalctl"):
+        return None
+    from . import cli_systemctl
+
     rest = argv[:i] + argv[i + 1:]
     if verb == "systemctl":
         return cli_systemctl.systemctl(rest)
     if verb == "journalctl":
         return cli_systemctl.journalctl(rest)
-    if verb in SYSTEMCTL_VERBS:
-        return cli_systemctl.systemctl(argv)
-    return None
+    return cli_systemctl.systemctl(argv)
 
 
 def _logs(args: argparse.Namespace) -> int:
