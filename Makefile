@@ -37,7 +37,7 @@ APT_PACKAGES ?= python3-venv python3-dev gcc pkg-config libsystemd-dev systemd \
                 mmdebstrap docker.io podman runc debhelper dh-python \
                 pybuild-plugin-pyproject lintian piuparts fakeroot default-jdk-headless \
                 python3-setuptools python3-yaml python3-jinja2 python3-psutil man-db \
-                nodejs
+                nodejs init-system-helpers
 
 # Go (sdk/go, examples/go-counter) builds with the standard library only and
 # caches under build/, so a fresh CI run compiles once; no module is downloaded.

@@ -25,37 +25,64 @@ from .loader import load_paths
 from .log import Log
 from .results import EXIT_FAILED, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
 
+CONTROL_HELP = ("control socket (default: $AETERNA_CONTROL, /run/aeterna/control.sock for "
+                "root, else under $XDG_RUNTIME_DIR)")
+# The verbs whose syntax and exit codes are systemctl's (aeterna.cli_systemctl).
+SYSTEMCTL_VERBS = frozenset({"is-active", "is-failed", "is-enabled", "list-units",
+                             "list-unit-files", "show", "cat", "kill", "reset-failed",
+                             "daemon-reload", "enable", "disable"})
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aeterna", description="Zero-downtime process manager.")
     p.add_argument("--version", action="version", version=f"aeterna {__version__}")
-    p.add_argument("--control", metavar="PATH", default=None,
-                   help="control socket (default: $AETERNA_CONTROL, /run/aeterna/control.sock "
-                        "for root, else under $XDG_RUNTIME_DIR)")
+    p.add_argument("--control", metavar="PATH", default=None, help=CONTROL_HELP)
+    # Global options work after the verb too (`aeterna start -c units/ --control X`):
+    # each verb takes them again, without a default that would hide the global one.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--control", metavar="PATH", default=argparse.SUPPRESS,
+                        help=CONTROL_HELP)
+    job = argparse.ArgumentParser(add_help=False)
+    job.add_argument("--json", action="store_true", help="print the outcome as JSON")
+    job.add_argument("--no-block", action="store_true",
+                     help="do not wait for the unit to settle")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
-    s = sub.add_parser("start", help="run the manager in the foreground (-c PATH), or "
-                       "start a unit of a running one (UNIT)")
+
+    def verb(name: str, help: str, *parents: argparse.ArgumentParser
+             ) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help, parents=[common, *parents])
+
+    s = verb("start", "run the manager in the foreground (-c PATH), or start a unit of a "
+             "running one (UNIT)", job)
     s.add_argument("unit", nargs="?", help="a unit of the running manager to start")
     s.add_argument("-c", "--config", action="append", metavar="PATH",
                    help="a unit file or a directory of them (repeatable)")
     s.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
                    help="the least severe log lines written (a unit's log_level overrides it)")
-    st = sub.add_parser("status", help="show units")
+    st = verb("status", "show units")
     st.add_argument("unit", nargs="?", help="one unit (default: every unit)")
     st.add_argument("--json", action="store_true", help="print the status as JSON")
-    sp = sub.add_parser("stop", help="stop a unit, or everything (the manager exits)")
+    sp = verb("stop", "stop a unit, or everything (the manager exits)", job)
     sp.add_argument("unit", nargs="?", help="the unit to stop (default: every unit)")
-    en = sub.add_parser("enable", help="make a template's instance (web@8080) a unit file "
-                        "of its own, a symlink to the template, and start it")
-    en.add_argument("unit", help="the instance to enable, as TEMPLATE@INSTANCE")
-    rs = sub.add_parser("restart", help="stop and start a unit")
+    rs = verb("restart", "stop and start a unit; waits until it is up again", job)
     rs.add_argument("unit", help="the unit to restart")
-    rl = sub.add_parser("reload", help="re-read the unit files")
+    rl = verb("reload", "re-read the unit files")
     rl.add_argument("unit", nargs="?",
                     help="relay or restart this unit only (default: apply every change)")
     rl.add_argument("--no-block", action="store_true",
                     help="return once the reload is started, not when its relays end")
-    v = sub.add_parser("validate", help="check unit files without running anything")
+    lg = verb("logs", "a unit's output lines, from its log ring")
+    lg.add_argument("unit", help="the unit whose lines to show")
+    lg.add_argument("-f", "--follow", action="store_true",
+                    help="print new lines as they come, across restarts and relays")
+    lg.add_argument("-n", "--lines", type=int, default=None, metavar="N",
+                    help="the last N lines (default: all; 10 with -f)")
+    lg.add_argument("--since", metavar="TIME",
+                    help="lines from TIME on: '2026-12-02 17:30', '-10m', '@EPOCH'")
+    lg.add_argument("--output", "-o", choices=("short", "json", "cat"), default="short",
+                    help="short (time, unit, pid, generation), json (one object a line) "
+                         "or cat (the text only)")
+    v = verb("validate", "check unit files without running anything")
     v.add_argument("paths", nargs="+", metavar="PATH",
                    help="a unit file or a directory of them")
     v.add_argument("--instance", metavar="NAME",
@@ -64,11 +91,30 @@ def _parser() -> argparse.ArgumentParser:
     from .scaffold import add_parser as _init_parser
 
     _init_parser(sub)
+    for name in sorted(SYSTEMCTL_VERBS):
+        verb(name, f"as systemctl {name} (also: aeterna systemctl ...)").add_argument(
+            "args", nargs=argparse.REMAINDER, help=f"systemctl {name}'s arguments")
+    for name in ("systemctl", "journalctl"):
+        verb(name, f"the {name} front end").add_argument(
+            "args", nargs=argparse.REMAINDER, help=f"{name}'s verb and arguments")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        if os.path.basename(sys.argv[0]) in ("systemctl", "journalctl"):
+            from . import cli_systemctl  # not imported by the manager: it carries json
+
+            front = cli_systemctl.front_end(sys.argv[0])
+            assert front is not None
+            return front(sys.argv[1:])  # invoked through a `systemctl` or `journalctl` link
+        argv = sys.argv[1:]
+    systemd = _systemd_verb(argv)
+    if systemd is not None:
+        return systemd
     args = _parser().parse_args(argv)
+    if args.verb == "logs":
+        return _logs(args)
     if args.verb is None:
         _parser().print_help()
         return EXIT_USAGE
@@ -89,6 +135,51 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     return _client(args)
+
+
+def _systemd_verb(argv: list[str]) -> int | None:
+    """``aeterna systemctl|journalctl ARGS`` and the systemctl verbs (``aeterna is-active
+    UNIT``): handed over whole, with systemctl's parsing and exit codes."""
+    words = []
+    skip = False
+    for i, word in enumerate(argv):
+        if skip:
+            skip = False
+        elif word == "--control":
+            skip = True
+        elif not word.startswith("-"):
+            words.append((i, word))
+            break
+    if not words:
+        return None
+    i, verb = words[0]
+    if verb not in SYSTEMCTL_VERBS and verb not in ("systemctl", "journalctl"):
+        return None
+    from . import cli_systemctl
+
+    rest = argv[:i] + argv[i + 1:]
+    if verb == "systemctl":
+        return cli_systemctl.systemctl(rest)
+    if verb == "journalctl":
+        return cli_systemctl.journalctl(rest)
+    return cli_systemctl.systemctl(argv)
+
+
+def _logs(args: argparse.Namespace) -> int:
+    from . import cli_systemctl as sc
+
+    try:
+        since = sc.parse_since(args.since) if args.since else None
+        fmt = {"short": "aeterna"}.get(args.output, args.output)
+        return sc.logs(sc.Client(args.control), args.unit, args.lines, args.follow, since, fmt)
+    except sc.Usage as exc:
+        print(f"aeterna: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except sc.Unreachable as exc:
+        print(f"aeterna: {exc}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except (KeyboardInterrupt, BrokenPipeError):
+        return EXIT_OK
 
 
 def _validate(paths: list[str], instance: str | None = None) -> int:
@@ -171,12 +262,23 @@ def _client(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.verb == "reload":
         return _print_reload(result)
-    print(json.dumps(result))
-    if args.verb == "enable" and result.get("created"):
-        print(f"created symlink {result['created']}", file=sys.stderr)
-    if args.verb in ("start", "stop", "restart", "enable") and unit:
+    if getattr(args, "json", False):
+        print(json.dumps(result))
+    else:
+        print(_describe_job(args.verb, result))
+    if args.verb in ("start", "stop", "restart") and unit:
         return EXIT_FAILED if result.get("state") == "failed" else EXIT_OK
     return EXIT_OK
+
+
+def _describe_job(verb: str, r: dict[str, Any]) -> str:
+    """``start``/``stop``/``restart`` in words, as ``reload`` prints its outcome."""
+    if "unit" not in r:
+        return "stopping everything; the manager exits when all units are down"
+    pid = f" (pid {r['main_pid']})" if r.get("main_pid") else ""
+    if r.get("state") == "failed":
+        return f"{r['unit']}: failed ({r.get('result')})"
+    return f"{r['unit']}: {r.get('state')}{pid}"
 
 
 def _print_reload(result: dict[str, Any]) -> int:

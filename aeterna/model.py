@@ -246,6 +246,12 @@ class Service:
     argv0: str = ""  # ExecStart's "@" prefix
     expand_env: bool = False  # systemd units: $VAR/${VAR} in commands expand at exec time
     sockets: tuple[ListenSpec, ...] = ()
+    # Not started at boot: the first connection or datagram on its sockets starts it
+    # (systemd's socket units without an enabled service).
+    on_demand: bool = False
+    # Started at boot (systemctl's "enabled"); a disabled unit waits for a start, or,
+    # with sockets, for its first connection.
+    enabled: bool = True
 
     def effective_notify_access(self) -> NotifyAccess:
         """systemd's default: none, forced to main by notify types, a

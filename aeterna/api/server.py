@@ -14,12 +14,14 @@ import contextlib
 import os
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..unit.states import DOWN_STATES, GOING_DOWN_STATES, UP_STATES, State
 from ..wire.control import ControlError, parse_request, reply_error, reply_ok
+from . import systemd_verbs
 from .limits import WaitingLimit
+from .systemd_verbs import resolve_name
 from .usage import UsageCache
 from .view import ManagerView, UnitView
 
@@ -101,10 +103,11 @@ class ControlServer:
                     self.view.log.warning("control.refused", uid=uid, reason="uid")
                     raise ControlError("denied", f"uid {uid} may not control this manager")
                 result = await self.handle(parse_request(line))
-                # A status of thousands of units is a large JSON document:
-                # encoded in a worker thread, not on the loop.
+                # A status of thousands of units, or a log ring of 10,000 lines, is
+                # a large JSON document: encoded in a worker thread, not on the loop.
                 reply = (await asyncio.get_running_loop().run_in_executor(None, reply_ok, result)
-                         if isinstance(result, dict) and len(result.get("units", ())) > 100
+                         if isinstance(result, dict) and (len(result.get("units", ())) > 100
+                                                          or len(result.get("entries", ())) > 500)
                          else reply_ok(result))
             except ControlError as exc:
                 reply = reply_error(exc)
@@ -129,25 +132,12 @@ class ControlServer:
             error = self.view.add_instance(unit)  # a template's instance, by name
             if error:
                 raise ControlError("not-found", error)
-        if unit is not None and unit not in self.view.units and verb != "enable":
+        instance_to_enable = verb == "enable" and unit is not None and "@" in unit
+        if unit is not None and unit not in self.view.units and not instance_to_enable:
             hint = (" (a new unit file is read, and started, by 'aeterna reload' without a "
                     "unit)" if verb in ("reload", "start") else "")
             raise ControlError("not-found", f"no such unit: {unit!r}{hint}")
         return await handler(self, unit, request)
-
-
-def resolve_name(units: Mapping[str, UnitView], name: str) -> str:
-    """A unit's own name for ``name``, as systemctl takes it: with or without
-    ``.service``, or one of its aliases (Alias=, alias symlinks); else ``name``."""
-    if name in units:
-        return name
-    stem = name.removesuffix(".service")
-    if stem in units:
-        return stem
-    for own, u in units.items():
-        if stem in u.spec.service.aliases:
-            return own
-    return name
 
 
 # --------------------------------------------------------------------------- verbs
@@ -172,6 +162,8 @@ async def stop(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any
         return {"stopping": "all"}
     m.stop_unit(unit)
     u = m.units[unit]
+    if req.get("no_block"):
+        return _settled(unit, u)
     await m.wait_for(lambda: u.state in DOWN_STATES)
     return _settled(unit, u)
 
@@ -191,25 +183,29 @@ async def start(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> An
         m.start_unit(unit)
     else:
         settled = lambda: u.state in UP_STATES or u.state in DOWN_STATES  # noqa: E731
-    await m.wait_for(settled)
+    if not req.get("no_block"):
+        await m.wait_for(settled)
     return {**_settled(unit, u), "main_pid": u.main_pid}
 
 
 async def enable(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any:
-    """``enable web@8080``: the symlink to the template, then a start (instances.py).
-    A plain unit file in a ``-c`` directory is always enabled: nothing to do."""
+    """``enable UNIT``: a systemd unit is linked from its ``WantedBy=`` targets
+    (systemd_verbs); a YAML template's instance (``web@8080``) gets its symlink to
+    the template and is started (instances.py)."""
     if unit is None:
         raise ControlError("bad-request", "enable needs a unit")
     m = srv.view
-    created = ""
-    if "@" in unit:
-        created, error = m.enable_instance(unit)
-        if error:
-            raise ControlError("failed", error)
-    elif unit not in m.units:
-        raise ControlError("not-found", f"no such unit: {unit!r}")
+    u = m.units.get(unit)
+    if "@" not in unit or (u is not None and u.spec.source.file.endswith(
+            (".service", ".socket"))):
+        return await systemd_verbs.enable(srv, unit, req)
+    created, error = m.enable_instance(unit)
+    if error:
+        raise ControlError("failed", error)
     result = await start(srv, unit, req)
-    return {**result, "enabled": True, "created": created}
+    return {**result, "enabled": True, "created": created,
+            "links": [created] if created else [],
+            "target": os.path.realpath(created) if created else ""}
 
 
 async def restart(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any:
@@ -219,7 +215,8 @@ async def restart(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> 
     u = m.units[unit]
     settled = _next_generation(u)
     m.restart_unit(unit)
-    await m.wait_for(settled)
+    if not req.get("no_block"):
+        await m.wait_for(settled)
     return {**_settled(unit, u), "main_pid": u.main_pid}
 
 
@@ -281,7 +278,11 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
 
 VERBS: dict[str, Verb] = {"ping": ping, "status": status, "stop": stop, "start": start,
                           "restart": restart, "reload": reload,
-                          "enable": enable}
+                          "show": systemd_verbs.show, "cat": systemd_verbs.cat,
+                          "kill": systemd_verbs.kill, "reset-failed": systemd_verbs.reset_failed,
+                          "daemon-reload": systemd_verbs.daemon_reload,
+                          "logs": systemd_verbs.logs, "enable": enable,
+                          "disable": systemd_verbs.disable}
 
 
 def _always() -> bool:

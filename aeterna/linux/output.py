@@ -4,12 +4,14 @@ Each started process gets a pipe per stream; the manager reads the other end
 from its event loop (no thread, no polling) and writes ``unit[pid]: line`` to
 its own stdout or stderr. A partial last line is flushed at EOF. Lines longer
 than ``MAX_LINE`` are cut into pieces so one chatty child cannot grow our memory.
+A ``tap`` also gets each batch of lines, unprefixed (the unit's log ring).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from typing import BinaryIO
 
 MAX_LINE = 16 * 1024
@@ -18,8 +20,10 @@ MAX_LINE = 16 * 1024
 class LineRelay:
     """Reads one pipe and writes prefixed lines to ``sink``; closes itself at EOF."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, prefix: str, sink: BinaryIO):
+    def __init__(self, loop: asyncio.AbstractEventLoop, fd: int, prefix: str, sink: BinaryIO,
+                 tap: Callable[[list[bytes]], None] | None = None):
         self.loop = loop
+        self.tap = tap
         self.fd = fd
         self.prefix = prefix.encode()
         self.sink = sink
@@ -48,6 +52,8 @@ class LineRelay:
     def _write(self, lines: list[bytes]) -> None:
         if not lines:
             return
+        if self.tap is not None:
+            self.tap(lines)
         out = b"".join(self.prefix + line + b"\n" for line in lines)
         try:
             self.sink.write(out)

@@ -190,6 +190,10 @@ def _load_systemd(directory: str, single: str | None, units: list[UnitSpec],
     except UnitError as exc:
         errors.append(exc)
         return
+    if single is None:  # a directory: what its *.wants/ links enable
+        from .systemd_install import apply
+
+        loaded = apply(directory, list(loaded))
     units.extend(loaded)
     warnings.extend(warned)
 

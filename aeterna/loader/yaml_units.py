@@ -177,7 +177,8 @@ _SERVICE = (
     "restart", "restart_sec", "backoff", "start_limit", "timeouts", "stop_signal",
     "kill_mode", "depends_on", "notify_access", "watchdog_sec", "watchdog_signal",
     "reload_signal", "fd_store_max", "limit_nofile", "success_exit_status", "sockets",
-    "exec_start_pre", "exec_start_post", "exec_stop", "exec_reload", "stdin",
+    "exec_start_pre", "exec_start_post", "exec_stop", "exec_reload", "stdin", "on_demand",
+    "enabled",
 )
 _SOCKET = (
     "listen", "type", "name", "backlog", "reuse_port", "ipv6_only", "nodelay", "keepalive",
@@ -329,6 +330,14 @@ def _service(doc: _Doc, node: yaml.Node) -> Service:
     if kw.get("stdin") is StandardInput.SOCKET and not kw.get("sockets"):
         raise doc.error(m["stdin"][1], f"{p}.stdin",
                         "null, or socket with at least one entry in service.sockets")
+    if "enabled" in m:
+        kw["enabled"] = doc.boolean(m["enabled"][1], f"{p}.enabled")
+    if "on_demand" in m:
+        kw["on_demand"] = doc.boolean(m["on_demand"][1], f"{p}.on_demand")
+        if kw["on_demand"] and not kw.get("sockets"):
+            raise doc.error(m["on_demand"][1], f"{p}.on_demand",
+                            "false, or sockets to wait on (a unit started by its first "
+                            "connection needs service.sockets)")
     return Service(**kw)
 
 

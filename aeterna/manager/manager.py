@@ -30,7 +30,9 @@ from ..unit.runtime import UnitRuntime
 from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, State, Want
 from ..unit.watchdog import Timer
 from . import daemon_reload, environment
+from .activation import Activation
 from .faults import Faults
+from .journal import Journals, Ring
 from .notify_endpoint import NotifyEndpoint
 from .ordering import Ordering
 from .reaper import Reaper
@@ -70,6 +72,7 @@ class Manager:
         self.surfaces: Surfaces | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.pids = PidIndex()
+        self.journals = Journals()  # each unit's output lines, bounded (aeterna logs)
         self.units: dict[str, UnitRuntime] = {u.name: UnitRuntime(u, self) for u in loaded.units}
         self.ordering = Ordering(self.units, self.post)
         log.set_unit_levels({u.name: u.observability.log_level for u in loaded.units})
@@ -90,6 +93,7 @@ class Manager:
         self._done: asyncio.Future[int] | None = None
         self._booted = False  # every unit was asked to start: "all down" means done
         self._bg: set[asyncio.Task[Any]] = set()
+        self.activation = Activation(log, self._activate)  # down units their sockets wake
 
     @property
     def order(self) -> list[str]:
@@ -121,7 +125,7 @@ class Manager:
         self._open_notify()
         self.reaper = Reaper(loop, self.log, self.pids)
         self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
-                               child_nofile)
+                               child_nofile, self.journals)
         for runtime in self.units.values():
             self.bind_unit(runtime)
             self.srp_for(runtime, runtime.spec)
@@ -133,8 +137,9 @@ class Manager:
                       control=self.runtime_dir or None)
         pid1.trim_memory()  # loading and parsing left freed pages behind
         for name in self.order:
-            if self.units[name].state is State.INACTIVE:
-                self.units[name].dispatch(Event.START)
+            runtime = self.units[name]
+            if runtime.state is State.INACTIVE:
+                self._boot(runtime)
         self._booted = True
         self._schedule()
         if self.upward is not None:
@@ -218,6 +223,7 @@ class Manager:
         assert self.loop is not None
         if self.upward is not None:
             self.upward.close()
+        self.activation.disarm_all()
         self.loop.remove_reader(self.notify.fileno())
         self.notify.close()
         for runtime in self.units.values():
@@ -337,13 +343,35 @@ class Manager:
                 and unit.spec.service.runtime_directory_preserve == "no"):
             for path in unitdirs.remove_runtime(unit.spec.service):
                 self.log.info("unit.directory-removed", unit=unit.name, path=path)
+        if unit.state is State.INACTIVE and unit.listeners and not self.shutting_down and (
+                unit.want is Want.STAY_DOWN or unit.spec.service.on_demand):
+            self.activation.arm(unit)  # stopped by the user, or on demand: sockets wake it
+        elif unit.state is not State.INACTIVE:
+            self.activation.disarm(unit)
         self.ordering.changed(unit)
+
+    def _boot(self, runtime: UnitRuntime) -> None:
+        """At boot (or when a reload adds it): start an enabled unit; a disabled or
+        on-demand one waits for a start, or for a connection on its sockets."""
+        service = runtime.spec.service
+        if service.enabled and not service.on_demand:
+            runtime.dispatch(Event.START)
+            return
+        if not service.enabled:
+            runtime.hold_down()  # being administered: the manager waits for a start
+        self.activation.arm(runtime)
+
+    def _activate(self, runtime: UnitRuntime) -> None:
+        """Its socket's first connection: start it (``activation.Activation``)."""
+        if runtime.state is State.INACTIVE and not self.shutting_down:
+            runtime.dispatch(Event.START)
 
     # ------------------------------------------------------------- actions
     def shutdown(self) -> None:
         """Stop every unit in reverse dependency order, then exit."""
         if self.upward is not None and not self.shutting_down:
             self.upward.stopping()
+        self.activation.disarm_all()
         if self.relays is not None:
             self.relays.abort_all()
         self.ordering.stop_all()
@@ -378,6 +406,38 @@ class Manager:
         if spec is not None:
             runtime.spec = spec
         runtime.dispatch(Event.RELOAD)
+
+    def kill_unit(self, name: str, sig: int, whom: str) -> list[int]:
+        """``systemctl kill``: signal the main process (``main``), or every process of the
+        unit's group and of its other live generations (``all``); the pids signalled."""
+        runtime = self.units[name]
+        done: list[int] = []
+        if whom == "control":
+            pids = [runtime.command_pid] if runtime.command_pid else []
+            return [p for p in pids if proc.kill_group(p, sig)]
+        if runtime.main_pid is not None:
+            if whom == "main":
+                return [runtime.main_pid] if proc.kill_pid(runtime.main_pid, sig) else []
+            group = runtime.pgid or runtime.main_pid
+            if proc.kill_group(group, sig):
+                done.append(group)
+        if whom == "all" and self.relays is not None:
+            for gen in self.relays.generations(name):
+                pid = gen.get("pid")
+                if pid and pid not in done and proc.kill_group(pid, sig):
+                    done.append(pid)
+        return done
+
+    def reset_failed(self, name: str | None = None) -> list[str]:
+        """``systemctl reset-failed [UNIT]``: failed units become inactive."""
+        names = [name] if name is not None else list(self.order)
+        reset = [n for n in names if self.units[n].state is State.FAILED]
+        for n in reset:
+            self.units[n].dispatch(Event.RESET_FAILED)
+        return reset
+
+    def journal(self, name: str) -> Ring:
+        return self.journals.ring(name)
 
     def relay(self, name: str, spec: UnitSpec | None = None) -> asyncio.Future[Outcome]:
         """Hot-relay ``name`` to ``spec`` (default: its current definition)."""
@@ -473,8 +533,10 @@ class Manager:
         for spec in specs:
             runtime = self.units[spec.name]
             if runtime.state is State.INACTIVE:  # not failed at bind
-                self.log.info("reload.added", unit=spec.name, action="start")
-                runtime.dispatch(Event.START)
+                svc = spec.service
+                self.log.info("reload.added", unit=spec.name, action="start" if svc.enabled
+                              and not svc.on_demand else "wait")
+                self._boot(runtime)
 
     def add_instance(self, name: str) -> str:
         """``aeterna start web@8080``: load an instance from its template and start it
@@ -635,6 +697,8 @@ class Manager:
         if self.shutting_down:
             if self._exited:
                 return  # a finished oneshot still counts as up until it is stopped
+        elif self.activation.armed:
+            return  # units waiting for their first connection
         elif any(r.want is Want.STAY_DOWN and r.state in DOWN_STATES
                  for r in self.units.values()):
             # Everything ended by itself: exit, as tini does when its child exits. But

@@ -2,8 +2,9 @@
 
 Every child gets the unit's environment (:mod:`.environment`), its fds laid
 out at 3.. (:mod:`aeterna.linux.spawn`), and output pipes whose lines are
-prefixed ``unit[pid]:``. Its exit reaches whoever watches its pid, through the
-manager's one reaper; a main process is found through the pid index instead.
+prefixed ``unit[pid]:`` and kept in the unit's log ring (:mod:`.journal`).
+Its exit reaches whoever watches its pid, through the manager's one reaper;
+a main process is found through the pid index instead.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from ..unit.commands import command_env
 from ..unit.runtime import UnitRuntime
 from ..unit.states import Event
 from . import environment
+from .journal import Journals
 
 ExitCallback = Callable[[ExitInfo], None]
 
@@ -42,8 +44,10 @@ class Spawner:
     """Starts every process the manager owns."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, log: Log, host: SpawnerHost,
-                 base_env: dict[str, str], notify_path: str, nofile: int | None = None):
+                 base_env: dict[str, str], notify_path: str, nofile: int | None = None,
+                 journals: Journals | None = None):
         self.loop = loop
+        self.journals = journals if journals is not None else Journals()
         self.log = log
         self.host = host
         self.base_env = base_env
@@ -133,8 +137,11 @@ class Spawner:
             if srp_child >= 0:
                 os.close(srp_child)  # the child has its copy; EOF on ours means it is gone
         prefix = f"{runtime.name}{'/' + label if label else ''}[{pid}]: "
-        LineRelay(self.loop, out_r, prefix, sys.stdout.buffer)
-        LineRelay(self.loop, err_r, prefix, sys.stderr.buffer)
+        taps = self.journals
+        LineRelay(self.loop, out_r, prefix, sys.stdout.buffer,
+                  taps.tap(runtime.name, "stdout", pid, generation))
+        LineRelay(self.loop, err_r, prefix, sys.stderr.buffer,
+                  taps.tap(runtime.name, "stderr", pid, generation))
         return pid
 
     async def run_helper(self, runtime: UnitRuntime, argv: tuple[str, ...], timeout: float,

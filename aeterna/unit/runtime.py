@@ -72,6 +72,7 @@ class UnitRuntime:
         self.restarts = 0
         self.restart_attempt = 0  # consecutive automatic restarts, for backoff
         self.started_at: float | None = None  # monotonic, of the current process
+        self.active_since: float | None = None  # wall clock, when it last became active
         self.last_exit: ExitInfo | None = None
         self.limiter = StartLimiter(spec.service.start_limit)
         self.fdstore = FdStore(spec.service.fd_store_max) if spec.service.fd_store_max else None
@@ -124,6 +125,8 @@ class UnitRuntime:
             return
         old = self.state
         self.state = state
+        if state in (State.ACTIVE, State.EXITED) and old not in (State.RELOADING, State.ACTIVE):
+            self.active_since = time.time()  # systemctl's ActiveEnterTimestamp
         self.host.info("unit.state", unit=self.name, old=old.value, new=state.value,
                        result=self.result.value if state is State.FAILED else None)
         self.host.changed(self)
@@ -174,6 +177,13 @@ class UnitRuntime:
         self.result = result
         self.host.warning(event, unit=self.name, **fields)
         self.enter(State.FAILED)
+
+    def failed_reset(self) -> None:
+        """``reset-failed``: forget the failure (result, start limit, backoff)."""
+        self.result = Result.SUCCESS
+        self.restart_attempt = 0
+        self.limiter.reset()
+        self.enter(State.INACTIVE)
 
     # ------------------------------------------------------------ starting
     def down_start(self) -> None:

@@ -41,6 +41,7 @@ class Event(enum.Enum):
     RELOAD = "reload"  # an in-place reload was asked for (ExecReload=, notify-reload)
     RELOADING = "reloading"  # RELOADING=1 received
     COMMAND_EXITED = "command-exited"  # an Exec{StartPre,StartPost,Stop,Reload}= command ended
+    RESET_FAILED = "reset-failed"  # `systemctl reset-failed`: a failed unit becomes inactive
 
 
 class Want(enum.Enum):

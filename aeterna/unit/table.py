@@ -28,6 +28,7 @@ TRANSITIONS: dict[tuple[State, Event], Handler] = {(s, e): ignore for s in State
 TRANSITIONS.update({
     (_S.INACTIVE, _E.START): U.down_start,
     (_S.FAILED, _E.START): U.down_start,
+    (_S.FAILED, _E.RESET_FAILED): U.failed_reset,
     (_S.WAITING, _E.STOP): stopping.waiting_stop,
     (_S.WAITING, _E.DEPS_UP): U.waiting_deps_up,
     (_S.WAITING, _E.DEP_FAILED): U.waiting_dep_failed,

@@ -60,6 +60,13 @@ _FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("verb", (str,), "a string"),
     ("unit", (str, type(None)), "a unit name or null"),
     ("no_block", (bool,), "true or false"),
+    ("names", (list,), "a list of unit names"),
+    ("signal", (str,), "a signal name"),
+    ("whom", (str,), "main, all or control"),
+    ("after", (int,), "a line number"),
+    ("lines", (int,), "a number of lines"),
+    ("wait", (int, float), "seconds"),
+    ("since", (int, float), "a time in seconds since the epoch"),
 )
 
 

@@ -86,13 +86,13 @@ def test_start_verb_is_systemctl_start(aeterna: Any) -> None:
     m.wait_ready()
     web = m.wait_status("web", lambda s: s["state"] == "active")
     # Already up: nothing happens, the same process keeps running.
-    r = cli(m, "start", "web")
+    r = cli(m, "start", "web", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["main_pid"] == web["main_pid"]
     assert cli(m, "stop", "db").returncode == 0  # takes web down with it
     assert m.status("web")["state"] == "inactive"
     # Starting web brings up db, which it requires, first; the verb waits for both.
-    r = cli(m, "start", "web")
+    r = cli(m, "start", "web", "--json")
     assert r.returncode == 0, r.stderr
     after = json.loads(r.stdout)
     assert after["state"] == "active" and after["main_pid"] != web["main_pid"]
@@ -113,7 +113,7 @@ def test_stopping_the_last_unit_keeps_the_manager_for_a_start(aeterna: Any) -> N
     # Held down on request, not ended by itself: the manager stays (tini-style
     # exits are for a workload that ends on its own, checked in test_lifecycle).
     assert m.status("a")["state"] == "inactive" and m.proc.poll() is None
-    r = cli(m, "start", "a")
+    r = cli(m, "start", "a", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["main_pid"] != first["main_pid"]
     assert cli(m, "stop").returncode == 0

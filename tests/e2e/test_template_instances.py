@@ -73,7 +73,7 @@ def test_instances_serve_on_their_own_ports(aeterna: Any, tmp_path: Path) -> Non
     # enable by name: the symlink is made beside the template, and the instance runs.
     r = cli("--control", m.control, "enable", f"web@{c}")
     assert r.returncode == 0, r.stderr
-    assert f"created symlink {d}/web@{c}.yaml" in r.stderr
+    assert f"Created symlink {d}/web@{c}.yaml \u2192 {d}/web@.yaml." in r.stderr
     assert os.readlink(d / f"web@{c}.yaml") == "web@.yaml"
     m.wait_status(f"web@{c}", lambda st: st["state"] == "active", timeout=20)
     assert get(c).startswith("hello from pid ")

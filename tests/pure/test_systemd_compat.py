@@ -15,7 +15,7 @@ from fakes import FakeHost, spec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aeterna.api.server import resolve_name
+from aeterna.api.systemd_verbs import resolve_name
 from aeterna.loader import load_paths
 from aeterna.loader.errors import UnitError, UnitErrors
 from aeterna.loader.ini import SpecifierContext

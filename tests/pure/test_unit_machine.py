@@ -223,6 +223,7 @@ S, E = State, Event
 CELLS: dict[tuple[State, Event], Cell] = {
     (S.INACTIVE, E.START): Cell(inactive, S.ACTIVE, check=_spawned(1)),
     (S.FAILED, E.START): Cell(failed, S.ACTIVE, check=_result(Result.SUCCESS)),
+    (S.FAILED, E.RESET_FAILED): Cell(failed, S.INACTIVE, check=_result(Result.SUCCESS)),
     (S.WAITING, E.STOP): Cell(waiting, S.INACTIVE, check=_want(Want.STAY_DOWN)),
     (S.WAITING, E.DEPS_UP): Cell(waiting, S.ACTIVE, check=_spawned(1)),
     (S.WAITING, E.DEP_FAILED): Cell(waiting, S.FAILED, check=_result(Result.DEPENDENCY)),
