@@ -123,6 +123,7 @@ def context_for(profile: Profile, name: str | None, port: str | None, app: str |
     if not _UNIT_NAME.fullmatch(unit) or "@" in unit:
         raise ValueError(f"--name: expected letters, digits and _.:-, found {unit!r}")
     ctx["name"] = unit
+    ctx.setdefault("version", __version__)
     # A default may be made of the others ("{{ name }}-units"); a value given is as given.
     explicit = {item.partition("=")[0] for item in sets} | {
         k for k, v in options.items() if v is not None}
@@ -153,7 +154,6 @@ def context_for(profile: Profile, name: str | None, port: str | None, app: str |
     except ValueError:
         raise ValueError(f"--app: expected a command with balanced quotes, "
                          f"found {ctx.get('app')!r}") from None
-    ctx.setdefault("version", __version__)
     ctx["dir"] = directory
     ctx["absdir"] = os.path.abspath(directory)  # for a bind mount (docker -v wants one)
     return ctx
