@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 # CLI builds this verb's parser on every run, the manager's included.
 
 PROFILES = ("web", "agent", "worker", "socket", "container", "host", "kubernetes")
-_PROFILE_KEYS = ("description", "defaults", "main", "validate", "next")
+_PROFILE_KEYS = ("description", "defaults", "choices", "main", "validate", "next")
 
 
 def builtin_templates() -> str:
@@ -55,6 +55,7 @@ class Profile:
     validate: tuple[str, ...]
     next: str
     files: tuple[str, ...]  # template paths relative to the profile's directory
+    choices: dict[str, tuple[str, ...]]  # the values a variable may take, where limited
 
 
 @dataclass(frozen=True)
@@ -96,7 +97,9 @@ def _read_profile(name: str, directory: str, meta: str) -> Profile:
                 files.append(rel)
     return Profile(name, directory, str(data.get("description", "")),
                    dict(data.get("defaults") or {}), str(data.get("main") or files[0]),
-                   tuple(data.get("validate") or ()), str(data.get("next", "")), tuple(files))
+                   tuple(data.get("validate") or ()), str(data.get("next", "")), tuple(files),
+                   {str(k): tuple(str(c) for c in v)
+                    for k, v in (data.get("choices") or {}).items()})
 
 
 def context_for(profile: Profile, name: str | None, port: str | None, app: str | None,
@@ -120,6 +123,25 @@ def context_for(profile: Profile, name: str | None, port: str | None, app: str |
     if not _UNIT_NAME.fullmatch(unit) or "@" in unit:
         raise ValueError(f"--name: expected letters, digits and _.:-, found {unit!r}")
     ctx["name"] = unit
+    ctx.setdefault("version", __version__)
+    # A default may be made of the others ("{{ name }}-units"); a value given is as given.
+    explicit = {item.partition("=")[0] for item in sets} | {
+        k for k, v in options.items() if v is not None}
+    derived = [k for k, v in profile.defaults.items()
+               if k not in explicit and isinstance(v, str) and "{{" in v]
+    if derived:
+        from .loader.templates import render, scaffold_environment
+
+        env = scaffold_environment()
+        for key in derived:
+            try:
+                ctx[key] = render(env, ctx[key], f"{profile.directory}/profile.yaml", ctx)
+            except UnitError as exc:
+                raise ValueError(f"defaults: {key}: {exc}") from None
+    for key, allowed in profile.choices.items():
+        if str(ctx.get(key)) not in allowed:
+            raise ValueError(f"--set {key}: expected {' or '.join(allowed)}, "
+                             f"found {ctx.get(key)!r}")
     if "port" in ctx:
         try:
             ctx["port"] = int(ctx["port"])
@@ -132,8 +154,8 @@ def context_for(profile: Profile, name: str | None, port: str | None, app: str |
     except ValueError:
         raise ValueError(f"--app: expected a command with balanced quotes, "
                          f"found {ctx.get('app')!r}") from None
-    ctx.setdefault("version", __version__)
     ctx["dir"] = directory
+    ctx["absdir"] = os.path.abspath(directory)  # for a bind mount (docker -v wants one)
     return ctx
 
 

@@ -161,7 +161,7 @@ def test_an_installed_aeterna_init_finds_its_templates(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "valid: out/units/web.yaml: web" in r.stdout, (r.stdout, time.monotonic() - t0)
     assert sorted(p.name for p in (elsewhere / "out").iterdir()) == [
-        "configmap.yaml", "deployment.yaml", "service.yaml", "units"]
+        "configmaps.yaml", "deployment.yaml", "service.yaml", "units"]
 
 
 def test_reload_with_a_broken_or_removed_template(aeterna: Any, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from conftest import ROOT
 
+from aeterna import __version__
 from aeterna.cli import main
 from aeterna.loader import load_paths
 from aeterna.loader.yaml_units import load_yaml_unit
@@ -24,8 +25,7 @@ from aeterna.scaffold import (
 
 ROOTS = [builtin_templates()]
 
-# What the project ships, by profile: {rendered path: shipped file}. The container
-# and Kubernetes files come with issue 12; their rows are checked once they exist.
+# What the project ships, by profile: {rendered path: shipped file}.
 SHIPPED: dict[str, dict[str, str]] = {
     "web": {"hello.yaml": "units/hello.yaml"},
     "agent": {"agent.yaml": "units/agent.yaml"},
@@ -35,7 +35,7 @@ SHIPPED: dict[str, dict[str, str]] = {
     "container": {"Containerfile": "packaging/container/Containerfile"},
     "kubernetes": {"deployment.yaml": "packaging/kubernetes/deployment.yaml",
                    "service.yaml": "packaging/kubernetes/service.yaml",
-                   "configmap.yaml": "packaging/kubernetes/configmap.yaml"},
+                   "configmaps.yaml": "packaging/kubernetes/configmaps.yaml"},
 }
 
 
@@ -53,10 +53,7 @@ def test_the_templates_are_the_profiles() -> None:
 @pytest.mark.parametrize("profile", sorted(SHIPPED))
 def test_shipped_files_are_the_default_rendering(profile: str) -> None:
     files = rendered(profile)
-    present = {r: s for r, s in SHIPPED[profile].items() if (ROOT / s).exists()}
-    if not present:
-        pytest.skip(f"{', '.join(SHIPPED[profile].values())} not in this tree yet (issue 12)")
-    for rel, shipped in present.items():
+    for rel, shipped in SHIPPED[profile].items():
         assert files[rel] == (ROOT / shipped).read_text(), (
             f"{shipped} differs from `aeterna init {profile}`; regenerate it with: "
             f"aeterna init {profile} {Path(shipped).parent} --force")
@@ -81,19 +78,64 @@ def test_container_profile() -> None:
     cf = files["Containerfile"]
     assert 'ENTRYPOINT ["aeterna", "start", "-c", "/etc/aeterna/units"]' in cf
     assert "\nSTOPSIGNAL SIGTERM\n" in cf
-    assert "HEALTHCHECK" in cf and "127.0.0.1:9090/healthz" in cf
-    assert "COPY units/ /etc/aeterna/units/" in cf and "EXPOSE 8123 9090" in cf
+    assert "HEALTHCHECK" in cf and "AETERNA_HEALTHZ=http://127.0.0.1:9090/healthz" in cf
+    # By default the shipped image: Aeterna from dist/, the units from a volume.
+    assert "\nCOPY dist/ /tmp/aeterna-dist/\n" in cf and "\nCOPY units/" not in cf
     unit = load_yaml_unit(files["units/shop.yaml"], "units/shop.yaml")
     assert unit.service.sockets[0].address == "0.0.0.0:8123"  # reachable from outside
-    assert unit.observability.metrics_port is not None
+    assert unit.observability.metrics_port == "0.0.0.0:9090"  # what HEALTHCHECK asks
+
+
+def test_container_profile_without_dist_and_with_its_units_inside() -> None:
+    """For a scaffold user with no dist/: pip installs this very version of Aeterna;
+    the units and the app are copied in. The layers before differ in nothing from the
+    shipped file's (one layer cache serves both)."""
+    files = rendered("container", name="shop", port="8123",
+                     sets=["aeterna=pip", "units=copy", "metrics_port=9100"])
+    cf = files["Containerfile"]
+    assert "COPY dist/" not in cf and f"aeterna=={__version__}" in cf
+    assert "${PIP_INDEX_URL:+--index-url \"$PIP_INDEX_URL\"}" in cf
+    assert "COPY app/ /srv/app/\nCOPY units/ /etc/aeterna/units/\nEXPOSE 8123 9100\n" in cf
+    assert "AETERNA_HEALTHZ=http://127.0.0.1:9100/healthz" in cf
+    shipped = (ROOT / "packaging/container/Containerfile").read_text()
+    layers = shipped[shipped.index("ARG BASE="):shipped.index("# Aeterna itself")]
+    assert layers in cf
+    unit = load_yaml_unit(files["units/shop.yaml"], "units/shop.yaml")
+    assert unit.observability.metrics_port == "0.0.0.0:9100"
+
+
+def test_container_next_command(tmp_path: Path, capsys: Any) -> None:
+    """The next command builds the image from what the scaffold wrote: with dist, a
+    wheel of this version goes into dist/ first; with volume, the units are mounted."""
+    assert main(["init", "container", str(tmp_path / "a")]) == 0
+    nxt = capsys.readouterr().out.split("\nnext: ", 1)[1]
+    assert nxt.startswith(f"pip wheel --no-deps -w {tmp_path}/a/dist aeterna=={__version__} "
+                          f"&& podman build -t web -f {tmp_path}/a/Containerfile {tmp_path}/a")
+    assert f"-v {tmp_path}/a/units:/etc/aeterna/units:ro" in nxt
+    assert main(["init", "container", str(tmp_path / "b"), "--set", "aeterna=pip",
+                 "--set", "units=copy"]) == 0
+    nxt = capsys.readouterr().out.split("\nnext: ", 1)[1]
+    assert nxt == (f"podman build -t web -f {tmp_path}/b/Containerfile {tmp_path}/b "
+                   "&& podman run --rm -p 8080:8080 web\n")
+
+
+def test_a_limited_variable_refuses_other_values(capsys: Any) -> None:
+    assert main(["init", "container", "-", "--set", "aeterna=apt"]) == 2
+    assert "--set aeterna: expected dist or pip, found 'apt'" in capsys.readouterr().err
 
 
 def test_kubernetes_profile() -> None:
     files = rendered("kubernetes", name="shop", port="8123", sets=["image=reg/shop:1"])
     dep = yaml.safe_load(files["deployment.yaml"])
     svc = yaml.safe_load(files["service.yaml"])
-    cm = yaml.safe_load(files["configmap.yaml"])
+    cm, config = yaml.safe_load_all(files["configmaps.yaml"])
     assert (dep["kind"], svc["kind"], cm["kind"]) == ("Deployment", "Service", "ConfigMap")
+    # The ConfigMaps' names and the config directory follow --name unless given.
+    assert (cm["metadata"]["name"], config["metadata"]["name"]) == ("shop-units", "shop-config")
+    assert config["data"] == {"shop.conf": "greeting = hello\n"}
+    volumes = {v["name"]: v["configMap"]["name"] for v in dep["spec"]["template"]["spec"]
+               ["volumes"] if "configMap" in v}
+    assert volumes == {"units": "shop-units", "config": "shop-config"}
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["image"] == "reg/shop:1"
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
@@ -104,7 +146,10 @@ def test_kubernetes_profile() -> None:
     assert c["volumeMounts"][0]["mountPath"] == "/etc/aeterna/units"
     # The ConfigMap carries the very unit file that units/ gets, and it validates.
     assert cm["data"]["shop.yaml"] == files["units/shop.yaml"]
-    assert load_yaml_unit(cm["data"]["shop.yaml"], "shop.yaml").name == "shop"
+    unit = load_yaml_unit(cm["data"]["shop.yaml"], "shop.yaml")
+    assert unit.name == "shop" and unit.orchestration.watch[-1] == "/etc/shop"
+    given = rendered("kubernetes", sets=["units_configmap=mine", "config_dir=/etc/x"])
+    assert "  name: mine\n" in given["configmaps.yaml"] and "/etc/x" in given["deployment.yaml"]
 
 
 def test_host_profile() -> None:
