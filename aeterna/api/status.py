@@ -40,7 +40,8 @@ async def collect(view: ManagerView, usage: UsageCache, unit: str | None) -> dic
         snap.update(tree.as_dict() if tree is not None
                     else {"rss": None, "cpu_seconds": None})
     relays = view.relays
-    return {"manager": {"pid": os.getpid(), "orphans_reaped": view.orphans_reaped,
+    return {"manager": {"pid": os.getpid(), **view.identity,
+                        "orphans_reaped": view.orphans_reaped,
                         "shutting_down": view.shutting_down,
                         "relays": relays.count if relays is not None else 0,
                         "notify": {"accepted": view.notify.accepted,
@@ -70,6 +71,21 @@ def human_seconds(s: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def _manager_line(m: dict[str, Any]) -> str:
+    """The manager's own version and re-execs (issue 15)."""
+    import time
+
+    line = f"aeterna {m.get('version', '?')} pid {m.get('pid', '?')}"
+    last = m.get("last_reexec")
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last))
+        line += (f"; re-executed {m.get('reexecs', 0)} times, last at {when} "
+                 f"(from {m.get('previous_version') or '?'})")
+    else:
+        line += "; never re-executed"
+    return line
+
+
 def render(reply: dict[str, Any]) -> str:
     """A table for humans; ``--json`` prints the reply as it is."""
     rows = [("UNIT", "STATE", "RESULT", "PID", "GEN", "UPTIME", "RESTARTS", "RSS", "CPU",
@@ -84,6 +100,7 @@ def render(reply: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
+    lines.insert(0, _manager_line(reply.get("manager", {})))
     # Hot relay: every live generation and the relay's phase and last outcome.
     for u in reply["units"]:
         gens = u.get("generations") or []

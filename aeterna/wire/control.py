@@ -60,6 +60,7 @@ _FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("verb", (str,), "a string"),
     ("unit", (str, type(None)), "a unit name or null"),
     ("no_block", (bool,), "true or false"),
+    ("exec", (str,), "a path"),  # daemon-reexec
 )
 
 

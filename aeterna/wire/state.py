@@ -315,9 +315,10 @@ class _Reader:
         return list(enumerate(v))
 
     def sub_str(self, pair: tuple[int, list[Any]], i: int) -> str:
-        if not isinstance(pair[1][i], str):
+        v = pair[1][i]
+        if not isinstance(v, str):
             raise StateError(f"{self.where}[{pair[0]}][{i}]: expected a string")
-        return pair[1][i]
+        return v
 
     def sub_int(self, pair: tuple[int, list[Any]], i: int) -> int:
         v = pair[1][i]
