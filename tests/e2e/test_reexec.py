@@ -106,7 +106,8 @@ def test_twenty_reexecs_under_load_keep_pids_sockets_state_and_counters(
     assert cache["origin"] == "adopted"
     # the /metrics counters come from the same numbers: they kept their values
     st = manager_status(m)
-    assert st["manager"]["relays"] == 20 and st["manager"]["previous_version"].startswith("9.9.9")
+    assert st["manager"]["relays"] == 20 and st["manager"]["version"].startswith("9.9.9")
+    assert st["manager"]["previous_version"] == "0.1.0"
 
 
 def test_broken_new_version_cancels_and_changes_nothing(aeterna: Any, tmp_path: Path) -> None:
@@ -192,6 +193,25 @@ def test_exit_and_ready_during_the_exec_window_are_handled(aeterna: Any,
     assert b["status_text"] == "ready in the window"
     i = m.index_of(r"manager\.reexecuted")
     assert m.index_of(r"unit\.exited unit=a how=\"signal=SIGKILL\"") > i
+
+
+def test_sigusr2_reexecs_the_aeterna_on_path(aeterna: Any, tmp_path: Path,
+                                            versions: tuple[str, str]) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    os.symlink(versions[1], bin_dir / "aeterna")
+    m = aeterna({"a.yaml": "service:\n  name: a\n  command: [sleep, '600']\n"},
+                env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    m.wait_ready()
+    pid = m.wait_status("a", lambda st: st["state"] == "active")["main_pid"]
+    m.signal(signal.SIGUSR2)
+    m.wait_line(r"manager\.reexecuted pid=\d+ version=9\.9\.9-test", 30)
+    assert m.status("a")["main_pid"] == pid
+    assert manager_status(m)["manager"]["version"].startswith("9.9.9-test")
+    r = subprocess.run([*AETERNA, "--control", m.control, "status"], capture_output=True,
+                       text=True, timeout=30, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0 and "re-executed 1 times, last at" in r.stdout, r
+    assert r.stdout.startswith("aeterna 9.9.9-test+"), r.stdout
 
 
 @pytest.mark.timeout(200)
