@@ -29,7 +29,7 @@ from ..unit.pids import PidIndex
 from ..unit.runtime import UnitRuntime
 from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, State, Want
 from ..unit.watchdog import Timer
-from . import daemon_reload, reexec
+from . import daemon_reload, recovery, reexec
 from .faults import Faults
 from .notify_endpoint import NotifyEndpoint
 from .ordering import Ordering
@@ -89,6 +89,7 @@ class Manager:
         # the state handed over by the manager we replace (None: a fresh start).
         self.reexec = reexec.Reexec(self)
         self.resume: ManagerState | None = None
+        self.recorder = recovery.Recorder(self)  # what a crash would leave running
 
     @property
     def order(self) -> list[str]:
@@ -120,6 +121,7 @@ class Manager:
         if resume is not None:  # daemon-reexec: adopt, never re-bind (manager/reexec.py)
             reexec.open_notify(self, resume)
         else:
+            recovery.stop_stale(self)  # a dead manager's processes: never two copies
             self._open_notify()
         self.reaper = Reaper(loop, self.log, self.pids)
         self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
@@ -154,6 +156,7 @@ class Manager:
             if self.surfaces is not None:
                 await self.surfaces.close()
             self._close_resources()
+            self.recorder.remove()
             for sig in (signal.SIGCHLD, *pid1.STOP_SIGNALS, *pid1.FORWARD_SIGNALS,
                         pid1.RELOAD_SIGNAL, pid1.REEXEC_SIGNAL):
                 loop.remove_signal_handler(sig)
@@ -299,6 +302,7 @@ class Manager:
             else:
                 members.discard(unit)
         self._queue.append((unit, None))
+        self.recorder.dirty = True
         self._schedule()
 
     def _schedule(self) -> None:
@@ -321,6 +325,8 @@ class Manager:
             if queue:
                 self._schedule()
         self._wake_waiters()
+        if self.recorder.dirty:
+            self.recorder.soon()
         self._check_finished()
 
     def _after_change(self, unit: UnitRuntime) -> None:

@@ -279,3 +279,71 @@ def _wait(pred: Any, timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(what)
         time.sleep(0.02)
+
+
+# ------------------------------------------------------------------ after the manager died
+def test_after_kill_9_a_new_manager_stops_the_strays_first_never_two_copies(
+        aeterna: Any, tmp_path: Path) -> None:
+    """The fallback of crash recovery: what the dead manager left running is stopped
+    before the new manager binds and starts (adopting it instead is not built yet)."""
+    port = free_port()
+    marker = f"aeterna-worker-{port}"
+    units = {"web.yaml": relay_unit(port),
+             "worker.yaml": "service:\n  name: worker\n"
+                            f"  command: [{PY!r}, -c, 'import time; time.sleep(600)', {marker}]\n"}
+    m = aeterna(units)
+    m.wait_ready(20)
+    web = m.wait_status("web", lambda st: st["state"] == "active", timeout=30)["main_pid"]
+    worker = m.wait_status("worker", lambda st: st["state"] == "active")["main_pid"]
+    record = Path(m.control + ".units")
+    _wait(lambda: record.exists() and str(worker) in record.read_text(), 5, "no record")
+    # A pid the record names that is now someone else's (its start time differs).
+    bystander = subprocess.Popen(["sleep", "600"])
+    try:
+        import json
+
+        body = json.loads(record.read_text())
+        body["units"]["ghost"] = [{"pid": bystander.pid, "pgid": bystander.pid, "start": 1}]
+        record.write_text(json.dumps(body))
+        m.proc.kill()
+        m.proc.wait(10)
+        assert _alive(web) and _alive(worker)  # orphans, serving unmanaged
+        m2 = aeterna(tmp_path / "units", control=m.control)
+        m2.wait_ready(40)
+        new_web = m2.wait_status("web", lambda st: st["state"] == "active", timeout=40)
+        new_worker = m2.wait_status("worker", lambda st: st["state"] == "active")
+        assert new_web["main_pid"] != web and new_worker["main_pid"] != worker
+        assert not _alive(web) and not _alive(worker)
+        assert m2.count(r"bind-failed|EADDRINUSE") == 0, m2.output()
+        assert m2.count(r"recovery\.stopped-stale unit=(web|worker)") == 2, m2.output()
+        assert m2.count(rf"recovery\.left-alone unit=ghost pid={bystander.pid} "
+                        r"reason=\"pid reused\"") == 1, m2.output()
+        assert bystander.poll() is None  # the unrelated process was left alone
+        copies = [p for p in os.listdir("/proc") if p.isdigit() and marker in _cmdline(int(p))]
+        assert len(copies) == 1, copies
+        lg = LoadGen(port, threads=2, keepalive=1, max_duration=10.0, timeout=10.0,
+                     max_requests=50).start()
+        try:
+            lg.wait_for(50, timeout=15)
+        finally:
+            summary = lg.stop()
+        assert_clean(summary, "after recovery")
+    finally:
+        bystander.kill()
+        bystander.wait(5)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode(errors="replace").split("\0")
+    except OSError:
+        return []
