@@ -2,9 +2,16 @@
 
 While it runs, the manager keeps a small record beside its control socket
 (``CONTROL.units``): its own pid and start time, and for each unit every live
-generation's pid, process group and start time. It is rewritten after each
-pass of the run queue that changed a unit (atomically: a new file renamed
-over the old one), and removed when the manager exits cleanly.
+generation's pid, process group and start time, one tab-separated line each
+(no json: an idle manager does not load it)::
+
+    aeterna-units 1
+    manager PID START
+    unit NAME PID PGID START
+
+It is rewritten shortly after a pass of the run queue that changed a unit
+(atomically: a new file renamed over the old one), and removed when the
+manager exits cleanly.
 
 A manager started on the same control socket that finds a record of a
 manager that is gone stops what that manager left running, gracefully (the
@@ -17,7 +24,6 @@ listeners) is not built yet (docs/reexec.md).
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -56,25 +62,20 @@ class Recorder:
         path = record_path(self.m)
         if path is None:
             return
-        units: dict[str, list[dict[str, int]]] = {}
+        lines = [f"aeterna-units\t{RECORD_VERSION}", f"manager\t{os.getpid()}\t{self._me or 0}"]
         live: dict[int, int] = {}
         for name, r in self.m.units.items():
-            procs = []
             for pid, pgid in _pids(self.m, name, r):
                 started = self._starts.get(pid) or stale.start_time(pid)
                 if started is None:
                     continue
                 live[pid] = started
-                procs.append({"pid": pid, "pgid": pgid or 0, "start": started})
-            if procs:
-                units[name] = procs
+                lines.append(f"unit\t{name}\t{pid}\t{pgid or 0}\t{started}")
         self._starts = live
-        body = {"v": RECORD_VERSION, "manager": {"pid": os.getpid(), "start": self._me},
-                "units": units}
         tmp = f"{path}.{os.getpid()}.tmp"
         try:
             with open(tmp, "w") as f:
-                json.dump(body, f)
+                f.write("\n".join(lines) + "\n")
             os.replace(tmp, path)
         except OSError as exc:
             self.m.log.warning("recovery.record-failed", path=path, error=exc.strerror)
@@ -96,6 +97,27 @@ def _pids(m: Manager, name: str, r: Any) -> list[tuple[int, int | None]]:
     return out
 
 
+def parse_record(text: str) -> tuple[tuple[int, int], list[tuple[str, int, int, int]]]:
+    """(the manager's (pid, start), [(unit, pid, pgid, start)]); ValueError if malformed."""
+    lines = text.splitlines()
+    if not lines or lines[0] != f"aeterna-units\t{RECORD_VERSION}":
+        raise ValueError("not an aeterna-units record of version 1")
+    dead: tuple[int, int] | None = None
+    procs = []
+    for n, line in enumerate(lines[1:], 2):
+        f = line.split("\t")
+        if f[0] == "manager" and len(f) == 3:
+            dead = (int(f[1]), int(f[2]))
+        elif f[0] == "unit" and len(f) == 5:
+            procs.append((f[1], int(f[2]), int(f[3]), int(f[4])))
+        else:
+            raise ValueError(f"line {n}: expected 'manager PID START' or "
+                             "'unit NAME PID PGID START'")
+    if dead is None:
+        raise ValueError("no manager line")
+    return dead, procs
+
+
 def stop_stale(m: Manager) -> None:
     """At a fresh start: stop what a dead manager of this control socket left running."""
     path = record_path(m)
@@ -103,36 +125,25 @@ def stop_stale(m: Manager) -> None:
         return
     try:
         with open(path) as f:
-            record = json.load(f)
-        dead = record["manager"]
-        units = record["units"]
-        if record.get("v") != RECORD_VERSION or not isinstance(units, dict):
-            raise ValueError("unknown record version")
+            dead, procs = parse_record(f.read())
     except FileNotFoundError:
         return
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         m.log.warning("recovery.record-unreadable", path=path, error=str(exc))
         return
-    if (isinstance(dead, dict) and isinstance(dead.get("pid"), int)
-            and dead["pid"] != os.getpid() and isinstance(dead.get("start"), int)
-            and stale.same_process(dead["pid"], dead["start"])):
-        m.log.warning("recovery.manager-alive", pid=dead["pid"], action="left alone")
+    if dead[0] != os.getpid() and stale.same_process(*dead):
+        m.log.warning("recovery.manager-alive", pid=dead[0], action="left alone")
         return
-    for name, procs in units.items():
+    for name, pid, pgid, started in procs:
+        if not stale.same_process(pid, started):
+            m.log.info("recovery.left-alone", unit=name, pid=pid,
+                       reason="gone" if stale.start_time(pid) is None else "pid reused")
+            continue
         r = m.units.get(name)
-        for p in procs if isinstance(procs, list) else []:
-            pid, pgid, started = p.get("pid"), p.get("pgid"), p.get("start")
-            if not isinstance(pid, int) or not isinstance(started, int):
-                continue
-            if not stale.same_process(pid, started):
-                m.log.info("recovery.left-alone", unit=name, pid=pid,
-                           reason="gone" if stale.start_time(pid) is None else "pid reused")
-                continue
-            svc = r.spec.service if r is not None else None
-            how = stale.stop(pid, pgid if isinstance(pgid, int) and pgid else None,
-                             svc.stop_signal if svc else 15,
-                             svc.timeouts.stop if svc else 10.0)
-            m.log.warning("recovery.stopped-stale", unit=name, pid=pid, how=how,
-                          note="the previous manager died; adoption is not built yet")
+        svc = r.spec.service if r is not None else None
+        how = stale.stop(pid, pgid or None, svc.stop_signal if svc else 15,
+                         svc.timeouts.stop if svc else 10.0)
+        m.log.warning("recovery.stopped-stale", unit=name, pid=pid, how=how,
+                      note="the previous manager died; adoption is not built yet")
     with contextlib.suppress(OSError):
         os.unlink(path)

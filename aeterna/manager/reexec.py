@@ -272,7 +272,7 @@ def adopt_units(m: Manager, state: ManagerState) -> list[str]:
         if r.state in RUNNING_STATES:
             r.watchdog.arm(r.watchdog_usec())
         if r.main_pid is not None:
-            m.reaper.watch_foreign(r, r.main_pid)  # a MAINPID= that is not our child
+            m.watch_foreign(r, r.main_pid)  # a MAINPID= that is not our child
         m.changed(r)
         m.log.info("unit.adopted", unit=r.name, state=r.state.value, pid=r.main_pid,
                    generation=r.generation, listeners=len(u.listeners))

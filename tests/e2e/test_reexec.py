@@ -300,11 +300,8 @@ def test_after_kill_9_a_new_manager_stops_the_strays_first_never_two_copies(
     # A pid the record names that is now someone else's (its start time differs).
     bystander = subprocess.Popen(["sleep", "600"])
     try:
-        import json
-
-        body = json.loads(record.read_text())
-        body["units"]["ghost"] = [{"pid": bystander.pid, "pgid": bystander.pid, "start": 1}]
-        record.write_text(json.dumps(body))
+        with record.open("a") as f:
+            f.write(f"unit\tghost\t{bystander.pid}\t{bystander.pid}\t1\n")
         m.proc.kill()
         m.proc.wait(10)
         assert _alive(web) and _alive(worker)  # orphans, serving unmanaged

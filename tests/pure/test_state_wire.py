@@ -93,3 +93,23 @@ def test_another_version_is_refused_with_the_versions() -> None:
         sw.decode(payload)
     with pytest.raises(sw.StateError, match="not an Aeterna state"):
         sw.decode(b"{}")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(
+    st.text(max_size=30),
+    st.tuples(names.filter(lambda s: "\t" not in s and "\n" not in s and "\r" not in s),
+              st.integers(0, 1 << 22), st.integers(0, 1 << 22), st.integers(0, 1 << 40)
+              ).map(lambda t: "unit\t" + "\t".join(map(str, t)))), max_size=5),
+    st.booleans())
+def test_the_crash_record_parses_or_says_which_line(lines: list[str], header: bool) -> None:
+    from aeterna.manager.recovery import parse_record
+
+    text = "\n".join((["aeterna-units\t1", "manager\t10\t20"] if header else []) + lines)
+    try:
+        dead, procs = parse_record(text)
+    except ValueError as exc:
+        assert str(exc)
+        return
+    assert dead == (10, 20) or not header
+    assert all(isinstance(p[1], int) for p in procs)
