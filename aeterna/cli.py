@@ -186,7 +186,7 @@ def _client(args: argparse.Namespace) -> int:
         else:
             from .api.status import render
 
-            print(render(result))
+            print(render(result, manager=unit is None))
         return EXIT_OK
     if args.verb == "reload":
         return _print_reload(result)

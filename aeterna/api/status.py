@@ -86,8 +86,9 @@ def _manager_line(m: dict[str, Any]) -> str:
     return line
 
 
-def render(reply: dict[str, Any]) -> str:
-    """A table for humans; ``--json`` prints the reply as it is."""
+def render(reply: dict[str, Any], manager: bool = False) -> str:
+    """A table for humans; ``--json`` prints the reply as it is. ``manager``: end with
+    the manager's own line (``aeterna status`` of everything)."""
     rows = [("UNIT", "STATE", "RESULT", "PID", "GEN", "UPTIME", "RESTARTS", "RSS", "CPU",
              "STATUS")]
     for u in reply["units"]:
@@ -100,7 +101,6 @@ def render(reply: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
              for r in rows]
-    lines.insert(0, _manager_line(reply.get("manager", {})))
     # Hot relay: every live generation and the relay's phase and last outcome.
     for u in reply["units"]:
         gens = u.get("generations") or []
@@ -116,4 +116,6 @@ def render(reply: dict[str, Any]) -> str:
                 lines.append(f"{u['name']}: last relay: {last['outcome']}{why} "
                              f"generation {last['generation']} in {last['total']:.3f}s "
                              f"[{phases}]")
+    if manager:
+        lines.append(_manager_line(reply.get("manager", {})))
     return "\n".join(lines)

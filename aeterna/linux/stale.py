@@ -30,6 +30,13 @@ def start_time(pid: int) -> int | None:
         return None
 
 
+def group_of(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def same_process(pid: int, started: int) -> bool:
     return pid > 1 and start_time(pid) == started
 

@@ -68,7 +68,8 @@ class Manager:
         self.faults = Faults(log)
         self.surfaces: Surfaces | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.pids = PidIndex()
+        journal = recovery.RecordedPids()  # a PidIndex that journals (issue 15)
+        self.pids: PidIndex = journal
         self.units: dict[str, UnitRuntime] = {u.name: UnitRuntime(u, self) for u in loaded.units}
         self.ordering = Ordering(self.units, self.post)
         log.set_unit_levels({u.name: u.observability.log_level for u in loaded.units})
@@ -89,7 +90,7 @@ class Manager:
         # the state handed over by the manager we replace (None: a fresh start).
         self.reexec = reexec.Reexec(self)
         self.resume: ManagerState | None = None
-        self.recorder = recovery.Recorder(self)  # what a crash would leave running
+        self.recorder = recovery.Recorder(self, journal)  # what a crash would leave running
 
     @property
     def order(self) -> list[str]:
@@ -123,6 +124,7 @@ class Manager:
         else:
             recovery.stop_stale(self)  # a dead manager's processes: never two copies
             self._open_notify()
+        self.recorder.open(fresh=resume is None)
         self.reaper = Reaper(loop, self.log, self.pids)
         self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
                                child_nofile)
@@ -302,7 +304,6 @@ class Manager:
             else:
                 members.discard(unit)
         self._queue.append((unit, None))
-        self.recorder.dirty = True
         self._schedule()
 
     def _schedule(self) -> None:
@@ -325,8 +326,8 @@ class Manager:
             if queue:
                 self._schedule()
         self._wake_waiters()
-        if self.recorder.dirty:
-            self.recorder.soon()
+        if self.recorder.pids.changes:  # processes came or went: journal them (issue 15)
+            self.recorder.flush()
         self._check_finished()
 
     def _after_change(self, unit: UnitRuntime) -> None:

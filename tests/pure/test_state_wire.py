@@ -98,18 +98,26 @@ def test_another_version_is_refused_with_the_versions() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(
     st.text(max_size=30),
-    st.tuples(names.filter(lambda s: "\t" not in s and "\n" not in s and "\r" not in s),
-              st.integers(0, 1 << 22), st.integers(0, 1 << 22), st.integers(0, 1 << 40)
-              ).map(lambda t: "unit\t" + "\t".join(map(str, t)))), max_size=5),
+    st.tuples(st.integers(0, 1 << 22), st.integers(0, 1 << 40),
+              names.filter(lambda s: not set(s) & set("\t\n\r\x0b\x0c\x1c\x1d\x1e\x85"))
+              ).map(lambda t: "+\t" + "\t".join(map(str, t))),
+    st.integers(0, 1 << 22).map(lambda p: f"-\t{p}")), max_size=6),
     st.booleans())
-def test_the_crash_record_parses_or_says_which_line(lines: list[str], header: bool) -> None:
+def test_the_crash_journal_parses_or_says_which_line(lines: list[str], header: bool) -> None:
     from aeterna.manager.recovery import parse_record
 
-    text = "\n".join((["aeterna-units\t1", "manager\t10\t20"] if header else []) + lines)
+    text = "\n".join((["aeterna-units\t2", "manager\t10\t20"] if header else []) + lines)
     try:
         dead, procs = parse_record(text)
     except ValueError as exc:
         assert str(exc)
         return
     assert dead == (10, 20) or not header
-    assert all(isinstance(p[1], int) for p in procs)
+    assert all(isinstance(pid, int) and isinstance(t, int) for _, pid, t in procs)
+
+
+def test_the_journal_replays_starts_and_exits() -> None:
+    from aeterna.manager.recovery import parse_record
+
+    text = "aeterna-units\t2\nmanager\t5\t6\n+\t7\t70\tweb\n+\t8\t80\tw\n-\t7\n+\t9\t90\tweb\n"
+    assert parse_record(text) == ((5, 6), [("w", 8, 80), ("web", 9, 90)])
