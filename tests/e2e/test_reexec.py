@@ -137,6 +137,30 @@ def test_broken_new_version_cancels_and_changes_nothing(aeterna: Any, tmp_path: 
     assert m.count(r"manager\.reexec-refused") == 3
 
 
+def test_a_second_reexec_during_one_is_refused(aeterna: Any, tmp_path: Path) -> None:
+    gate = tmp_path / "checking"
+    slow = tmp_path / "aeterna-slow-check"
+    slow.write_text(f'#!/bin/sh\nif [ "$1" = --check-state ]; then touch {gate}; sleep 1; fi\n'
+                    f'PYTHONPATH={ROOT} exec {PY} -m aeterna.cli "$@"\n')
+    slow.chmod(0o755)
+    m = aeterna({"a.yaml": "service:\n  name: a\n  command: [sleep, '600']\n"})
+    m.wait_ready()
+    pid = m.wait_status("a", lambda st: st["state"] == "active")["main_pid"]
+    result: dict[str, Any] = {}
+
+    import threading
+
+    t = threading.Thread(target=lambda: result.update(reexec(m, str(slow))), daemon=True)
+    t.start()
+    _wait(gate.exists, 20, "the first re-exec never ran its check")
+    second = reexec(m, str(slow))
+    assert not second["ok"] and "already in progress" in second["error"], second
+    t.join(30)
+    assert result.get("ok"), result
+    assert m.status("a")["main_pid"] == pid
+    assert manager_status(m)["manager"]["reexecs"] == 1
+
+
 def test_exit_and_ready_during_the_exec_window_are_handled(aeterna: Any,
                                                           tmp_path: Path) -> None:
     """The new manager is held before it starts until unit ``a`` has died (a zombie) and
