@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     job.add_argument("--json", action="store_true", help="print the outcome as JSON")
     job.add_argument("--no-block", action="store_true",
                      help="do not wait for the unit to settle")
+    # daemon-reexec (issue 15): what the old manager runs the new binary with.
+    p.add_argument("--check-state", type=int, metavar="FD", help=argparse.SUPPRESS)
+    p.add_argument("--resume-state", type=int, metavar="FD", help=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
     def verb(name: str, help: str, *parents: argparse.ArgumentParser
@@ -82,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     lg.add_argument("--output", "-o", choices=("short", "json", "cat"), default="short",
                     help="short (time, unit, pid, generation), json (one object a line) "
                          "or cat (the text only)")
+    rx = verb("daemon-reexec", "replace the running manager's code with the aeterna on "
+              "PATH (or --exec PATH), keeping every unit running")
+    rx.add_argument("--exec", dest="exec_path", metavar="PATH",
+                    help="the aeterna to run instead of the one found on PATH")
     v = verb("validate", "check unit files without running anything")
     v.add_argument("paths", nargs="+", metavar="PATH",
                    help="a unit file or a directory of them")
@@ -113,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     if systemd is not None:
         return systemd
     args = _parser().parse_args(argv)
+    if args.check_state is not None or args.resume_state is not None:
+        return _reexec_side(args)
     if args.verb == "logs":
         return _logs(args)
     if args.verb is None:
@@ -223,6 +232,8 @@ def _start(args: argparse.Namespace) -> int:
 
     control = args.control or default_path()
     manager = Manager(list(args.config), loaded, log, runtime_dir=os.path.dirname(control))
+    manager.reexec.identity.control_path = control  # daemon-reexec carries these over
+    manager.reexec.identity.log_level = args.log_level
     manager.surfaces = Surfaces(manager, control)
     try:
         return asyncio.run(manager.run())
@@ -231,10 +242,43 @@ def _start(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def _reexec_side(args: argparse.Namespace) -> int:
+    """The new binary of a daemon-reexec: check the state (in a child of the old
+    manager), or resume from it (in the old manager's process, after exec)."""
+    from .manager import reexec
+
+    if args.check_state is not None:
+        why = reexec.check_state(args.check_state)
+        if why is not None:
+            print(f"aeterna {__version__}: cannot resume from this state: {why}",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        print(f"aeterna {__version__}: state ok")
+        return EXIT_OK
+    from .manager.manager import Manager
+
+    state = reexec.read_resume(args.resume_state)
+    log = Log(level=state.log_level)
+    # As at start: a unit that cannot load is left out (--check-state saw them load).
+    loaded = load_paths(list(state.paths), partial=True)
+    for err in loaded.errors:
+        log.error("unit.not-loaded", error=str(err))
+    from .api.surfaces import Surfaces
+
+    manager = Manager(list(state.paths), loaded, log, runtime_dir=state.runtime_dir)
+    manager.reexec.identity.control_path = state.control_path
+    manager.reexec.identity.log_level = state.log_level
+    manager.resume = state
+    manager.surfaces = Surfaces(manager, state.control_path, adopt_fd=state.control_fd)
+    return asyncio.run(manager.run())
+
+
 def _client(args: argparse.Namespace) -> int:
     path = args.control or default_path()
     unit = getattr(args, "unit", None)
-    extra = {"no_block": True} if getattr(args, "no_block", False) else {}
+    extra: dict[str, Any] = {"no_block": True} if getattr(args, "no_block", False) else {}
+    if args.verb == "daemon-reexec" and args.exec_path:
+        extra["exec"] = os.path.abspath(args.exec_path)
     try:
         reply = request(path, args.verb, unit, **extra)
     except (FileNotFoundError, ConnectionRefusedError):
@@ -258,10 +302,14 @@ def _client(args: argparse.Namespace) -> int:
         else:
             from .api.status import render
 
-            print(render(result))
+            print(render(result, manager=unit is None))
         return EXIT_OK
     if args.verb == "reload":
         return _print_reload(result)
+    if args.verb == "daemon-reexec":
+        print(f"aeterna: re-executed pid {result['pid']}: {result['previous_version']} -> "
+              f"{result['version']} in {result['took']:.3f}s ({result['units']} units kept)")
+        return EXIT_OK
     if getattr(args, "json", False):
         print(json.dumps(result))
     else:

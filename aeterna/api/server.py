@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import socket
 import struct
@@ -37,14 +38,18 @@ def peer_uid(sock: socket.socket) -> int:
 # restarting unit needs.
 MAX_WAITING = 128
 REQUEST_TIMEOUT = 10.0  # s to send the request line
+# The connection a request came in on (per task): daemon-reexec hands it to the
+# new manager, which answers it.
+CONNECTION: contextvars.ContextVar[asyncio.StreamWriter] = contextvars.ContextVar("connection")
 
 
 class ControlServer:
     """Serves the control protocol for one manager."""
 
-    def __init__(self, view: ManagerView, path: str):
+    def __init__(self, view: ManagerView, path: str, adopt_fd: int | None = None):
         self.view = view
         self.path = path
+        self.adopt_fd = adopt_fd  # daemon-reexec: the socket is already bound and listening
         self.usage = UsageCache()
         self.server: asyncio.AbstractServer | None = None
         self.allowed = {0, os.geteuid()}
@@ -52,6 +57,10 @@ class ControlServer:
         self.waiting = WaitingLimit(MAX_WAITING)
 
     async def start(self) -> None:
+        if self.adopt_fd is not None:  # daemon-reexec: the backlog's clients wait in it
+            sock = socket.socket(fileno=self.adopt_fd)
+            self.server = await asyncio.start_unix_server(self._serve, sock=sock)
+            return
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, mode=0o755, exist_ok=True)
@@ -65,6 +74,10 @@ class ControlServer:
             self.server = await asyncio.start_unix_server(self._serve, path=self.path)
         finally:
             os.umask(old)
+
+    def fileno(self) -> int:
+        assert isinstance(self.server, asyncio.Server)
+        return int(self.server.sockets[0].fileno())
 
     async def close(self) -> None:
         if self.server is not None:
@@ -85,6 +98,7 @@ class ControlServer:
         if task is not None:
             self._clients.add(task)
             task.add_done_callback(self._clients.discard)
+        CONNECTION.set(writer)
         try:
             uid = peer_uid(writer.get_extra_info("socket"))
             # Read the request before answering even a refused peer, so that our
@@ -276,13 +290,34 @@ async def reload(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> A
             "state": u.state.value}
 
 
+async def daemon_reexec(srv: ControlServer, unit: str | None, req: dict[str, Any]) -> Any:
+    """Replace the manager's code, keeping every unit (manager/reexec.py). On success the
+    new manager answers this connection; a refusal is answered here, and nothing changed."""
+    from ..manager.reexec import Refused
+
+    writer = CONNECTION.get(None)
+    reply_fd = os.dup(writer.get_extra_info("socket").fileno()) if writer is not None else None
+    try:
+        await srv.view.daemon_reexec(req.get("exec"), reply_fd)
+    except Refused as exc:
+        srv.view.log.warning("manager.reexec-refused", reason=str(exc))
+        raise ControlError("refused", f"daemon-reexec cancelled: {exc}; the running "
+                           "manager carries on unchanged") from None
+    finally:
+        if reply_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(reply_fd)
+    raise ControlError("internal", "daemon-reexec returned without exec")
+
+
 VERBS: dict[str, Verb] = {"ping": ping, "status": status, "stop": stop, "start": start,
                           "restart": restart, "reload": reload,
                           "show": systemd_verbs.show, "cat": systemd_verbs.cat,
                           "kill": systemd_verbs.kill, "reset-failed": systemd_verbs.reset_failed,
                           "daemon-reload": systemd_verbs.daemon_reload,
                           "logs": systemd_verbs.logs, "enable": enable,
-                          "disable": systemd_verbs.disable}
+                          "disable": systemd_verbs.disable,
+                          "daemon-reexec": daemon_reexec}  # issue 15
 
 
 def _always() -> bool:

@@ -40,7 +40,8 @@ async def collect(view: ManagerView, usage: UsageCache, unit: str | None) -> dic
         snap.update(tree.as_dict() if tree is not None
                     else {"rss": None, "cpu_seconds": None})
     relays = view.relays
-    return {"manager": {"pid": os.getpid(), "orphans_reaped": view.orphans_reaped,
+    return {"manager": {"pid": os.getpid(), **view.identity,
+                        "orphans_reaped": view.orphans_reaped,
                         "shutting_down": view.shutting_down,
                         "relays": relays.count if relays is not None else 0,
                         "notify": {"accepted": view.notify.accepted,
@@ -70,8 +71,24 @@ def human_seconds(s: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
-def render(reply: dict[str, Any]) -> str:
-    """A table for humans; ``--json`` prints the reply as it is."""
+def _manager_line(m: dict[str, Any]) -> str:
+    """The manager's own version and re-execs (issue 15)."""
+    import time
+
+    line = f"aeterna {m.get('version', '?')} pid {m.get('pid', '?')}"
+    last = m.get("last_reexec")
+    if last:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(last))
+        line += (f"; re-executed {m.get('reexecs', 0)} times, last at {when} "
+                 f"(from {m.get('previous_version') or '?'})")
+    else:
+        line += "; never re-executed"
+    return line
+
+
+def render(reply: dict[str, Any], manager: bool = False) -> str:
+    """A table for humans; ``--json`` prints the reply as it is. ``manager``: end with
+    the manager's own line (``aeterna status`` of everything)."""
     rows = [("UNIT", "STATE", "RESULT", "PID", "GEN", "UPTIME", "RESTARTS", "RSS", "CPU",
              "STATUS")]
     for u in reply["units"]:
@@ -99,4 +116,6 @@ def render(reply: dict[str, Any]) -> str:
                 lines.append(f"{u['name']}: last relay: {last['outcome']}{why} "
                              f"generation {last['generation']} in {last['total']:.3f}s "
                              f"[{phases}]")
+    if manager:
+        lines.append(_manager_line(reply.get("manager", {})))
     return "\n".join(lines)

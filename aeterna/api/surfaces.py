@@ -20,9 +20,10 @@ if TYPE_CHECKING:
 
 
 class Surfaces:
-    def __init__(self, view: ManagerView, control_path: str):
+    def __init__(self, view: ManagerView, control_path: str, adopt_fd: int | None = None):
         self.view = view
-        self.control = ControlServer(view, control_path)
+        # adopt_fd: the control socket a re-executed manager carries over (issue 15)
+        self.control = ControlServer(view, control_path, adopt_fd)
         self.metrics: dict[str, MetricsServer] = {}
 
     async def start(self) -> None:
@@ -37,6 +38,10 @@ class Surfaces:
         from . import http
 
         await http.sync(self.view, self.control.usage, self.metrics, wanted)
+
+    def control_fd(self) -> int:
+        """The control socket's listening fd, for daemon-reexec."""
+        return self.control.fileno()
 
     async def close(self) -> None:
         await self.control.close()

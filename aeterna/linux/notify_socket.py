@@ -96,6 +96,18 @@ class NotifyReceiver:
             self._sock.close()
             raise
 
+    @classmethod
+    def adopt(cls, path: str, fd: int) -> NotifyReceiver:
+        """The socket a previous manager bound at ``path`` (daemon-reexec): nothing is
+        re-bound, and the datagrams queued while no one read are still there to read."""
+        self = cls.__new__(cls)
+        self.path = path
+        self._sock = socket.socket(fileno=fd)
+        self._sock.setblocking(False)
+        st = os.lstat(path)
+        self._node = (st.st_dev, st.st_ino)
+        return self
+
     def fileno(self) -> int:
         """The socket's fd, for a selector or ``loop.add_reader``."""
         return self._sock.fileno()

@@ -16,6 +16,10 @@ from typing import BinaryIO
 
 MAX_LINE = 16 * 1024
 
+# Every open relay by its fd: what a re-exec hands over (the children keep
+# writing into these pipes while the manager is replaced).
+LIVE: dict[int, LineRelay] = {}
+
 
 class LineRelay:
     """Reads one pipe and writes prefixed lines to ``sink``; closes itself at EOF."""
@@ -30,6 +34,7 @@ class LineRelay:
         self.partial = b""
         os.set_blocking(fd, False)
         loop.add_reader(fd, self._readable)
+        LIVE[fd] = self
 
     def _readable(self) -> None:
         try:
@@ -68,6 +73,7 @@ class LineRelay:
             self._write([self.partial])
             self.partial = b""
         self.loop.remove_reader(self.fd)
+        LIVE.pop(self.fd, None)
         os.close(self.fd)
         self.fd = -1
 

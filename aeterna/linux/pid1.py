@@ -13,7 +13,8 @@ PR_SET_CHILD_SUBREAPER = 36
 
 # Signals that stop the manager, that it forwards to main processes, and reload.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)
-FORWARD_SIGNALS = (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+FORWARD_SIGNALS = (signal.SIGUSR1, signal.SIGWINCH)
+REEXEC_SIGNAL = signal.SIGUSR2  # daemon-reexec, not forwarded (docs/reexec.md)
 RELOAD_SIGNAL = signal.SIGHUP
 
 

@@ -29,7 +29,7 @@ from ..unit.pids import PidIndex
 from ..unit.runtime import UnitRuntime
 from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, State, Want
 from ..unit.watchdog import Timer
-from . import daemon_reload, environment
+from . import daemon_reload, environment, recovery, reexec
 from .activation import Activation
 from .faults import Faults
 from .journal import Journals, Ring
@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ..relay.coordinator import Coordinator
     from ..relay.relay import Outcome
     from ..relay.srp import SrpUnit
+    from ..wire.state import ManagerState
     from .watching import Watcher
 
 # Variables that describe *our* activation and must never leak to a child.
@@ -58,6 +59,7 @@ class Surfaces(Protocol):
     async def start(self) -> None: ...
     async def sync(self, specs: list[UnitSpec]) -> None: ...  # serve the metrics they name
     async def close(self) -> None: ...
+    def control_fd(self) -> int: ...  # the control socket's listening fd (daemon-reexec)
 
 
 class Manager:
@@ -71,7 +73,8 @@ class Manager:
         self.faults = Faults(log)
         self.surfaces: Surfaces | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.pids = PidIndex()
+        journal = recovery.RecordedPids()  # a PidIndex that journals (issue 15)
+        self.pids: PidIndex = journal
         self.journals = Journals()  # each unit's output lines, bounded (aeterna logs)
         self.units: dict[str, UnitRuntime] = {u.name: UnitRuntime(u, self) for u in loaded.units}
         self.ordering = Ordering(self.units, self.post)
@@ -94,6 +97,11 @@ class Manager:
         self._booted = False  # every unit was asked to start: "all down" means done
         self._bg: set[asyncio.Task[Any]] = set()
         self.activation = Activation(log, self._activate)  # down units their sockets wake
+        # daemon-reexec (issue 15, manager/reexec.py): who we are across re-execs, and
+        # the state handed over by the manager we replace (None: a fresh start).
+        self.reexec = reexec.Reexec(self)
+        self.resume: ManagerState | None = None
+        self.recorder = recovery.Recorder(self, journal)  # what a crash would leave running
 
     @property
     def order(self) -> list[str]:
@@ -119,26 +127,36 @@ class Manager:
         for sig in pid1.FORWARD_SIGNALS:
             loop.add_signal_handler(sig, self._forward, sig)
         loop.add_signal_handler(pid1.RELOAD_SIGNAL, self._on_sighup)
+        loop.add_signal_handler(pid1.REEXEC_SIGNAL, self._on_sigusr2)  # issue 15
         pid1.quiet_wakeup_fd(loop)
         if self.upward is not None:  # the first ping now: binding many units takes a while
             self.upward.start_watchdog(self.call_later, self.summary)
-        self._open_notify()
+        resume = self.resume
+        if resume is not None:  # daemon-reexec: adopt, never re-bind (manager/reexec.py)
+            reexec.open_notify(self, resume)
+        else:
+            recovery.stop_stale(self)  # a dead manager's processes: never two copies
+            self._open_notify()
+        self.recorder.open(fresh=resume is None)
         self.reaper = Reaper(loop, self.log, self.pids)
         self.spawner = Spawner(loop, self.log, self, self.base_env, self.notify.path,
                                child_nofile, self.journals)
-        for runtime in self.units.values():
-            self.bind_unit(runtime)
-            self.srp_for(runtime, runtime.spec)
+        added = reexec.adopt_units(self, resume) if resume is not None else list(self.units)
+        for name in added:
+            self.bind_unit(self.units[name])
+            self.srp_for(self.units[name], self.units[name].spec)
         self.watch_paths([r.spec for r in self.units.values()])
         if self.surfaces is not None:
             await self.surfaces.start()
             await self.surfaces.sync([r.spec for r in self.units.values()])
+        if resume is not None:
+            reexec.answer(self, resume)
         self.log.info("manager.started", pid=os.getpid(), units=len(self.units),
                       control=self.runtime_dir or None)
         pid1.trim_memory()  # loading and parsing left freed pages behind
         for name in self.order:
             runtime = self.units[name]
-            if runtime.state is State.INACTIVE:
+            if name in added and runtime.state is State.INACTIVE:
                 self._boot(runtime)
         self._booted = True
         self._schedule()
@@ -157,8 +175,9 @@ class Manager:
             if self.surfaces is not None:
                 await self.surfaces.close()
             self._close_resources()
+            self.recorder.remove()
             for sig in (signal.SIGCHLD, *pid1.STOP_SIGNALS, *pid1.FORWARD_SIGNALS,
-                        pid1.RELOAD_SIGNAL):
+                        pid1.RELOAD_SIGNAL, pid1.REEXEC_SIGNAL):
                 loop.remove_signal_handler(sig)
 
     def _open_notify(self) -> None:
@@ -287,6 +306,26 @@ class Manager:
     async def _reload_read_off_loop(self) -> None:
         self.reload(new=await self.read_units())
 
+    def _on_sigusr2(self) -> None:
+        self.log.info("manager.signal", signal="SIGUSR2", action="daemon-reexec")
+        self.background(self._reexec_by_signal())
+
+    async def _reexec_by_signal(self) -> None:
+        try:
+            await self.daemon_reexec(None, None)
+        except reexec.Refused as exc:
+            self.log.warning("manager.reexec-refused", reason=str(exc))
+
+    async def daemon_reexec(self, exec_path: str | None, reply_fd: int | None) -> None:
+        """``aeterna daemon-reexec``: replace our code, keep everything (manager/reexec.py).
+        Returns never if it worked; raises ``reexec.Refused`` saying why it did not."""
+        await self.reexec.run(exec_path, reply_fd)
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        """The manager's version, start and last re-exec (``aeterna status``)."""
+        return self.reexec.identity.as_dict()
+
     # ------------------------------------------------------------- run queue
     def post(self, unit: UnitRuntime, event: Event) -> None:
         """Queue ``event`` for ``unit``: it is dispatched when the run queue drains."""
@@ -329,6 +368,8 @@ class Manager:
             if queue:
                 self._schedule()
         self._wake_waiters()
+        if self.recorder.pids.changes:  # processes came or went: journal them (issue 15)
+            self.recorder.flush()
         self._check_finished()
 
     def _after_change(self, unit: UnitRuntime) -> None:

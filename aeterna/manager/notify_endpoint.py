@@ -52,8 +52,9 @@ class NotifyTarget(Protocol):
 class NotifyEndpoint:
     """Turns notify datagrams into events of the units they speak for."""
 
-    def __init__(self, path: str, log: Log, pids: PidIndex):
-        self.receiver = NotifyReceiver(path)
+    def __init__(self, path: str, log: Log, pids: PidIndex, adopt_fd: int | None = None):
+        self.receiver = (NotifyReceiver(path) if adopt_fd is None
+                         else NotifyReceiver.adopt(path, adopt_fd))  # daemon-reexec
         self.path = path
         self.log = log
         self.pids = pids

@@ -102,6 +102,28 @@ class SrpUnit:
         self.host.add_reader(ours.fileno(), lambda: self._readable(chan))
         return theirs.detach()
 
+    def adopt_channel(self, generation: int, fd: int, asked: bool) -> None:
+        """daemon-reexec: the previous manager's end of a live generation's channel.
+        What the agent sent meanwhile waits in the socket's queue."""
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        chan = Channel(sock, generation, asked=asked)
+        self.channels[generation] = chan
+        self.host.add_reader(fd, lambda: self._readable(chan))
+
+    def adopt_checkpoint(self, fields: dict[str, str], fds: list[int], generation: int,
+                         seq: int) -> None:
+        """daemon-reexec: the checkpoint the previous manager held (it wins over one
+        restored from disk, which can only be older)."""
+        if self.latest is not None:
+            self.latest.close()
+        self.latest = Checkpoint(fields, fds, generation) if fds or fields else None
+        self._seq = max(self._seq, seq)
+
+    @property
+    def seq(self) -> int:
+        return self._seq
+
     def has_channel(self, generation: int) -> bool:
         return generation in self.channels
 

@@ -67,6 +67,7 @@ _FIELDS: tuple[tuple[str, tuple[type, ...], str], ...] = (
     ("lines", (int,), "a number of lines"),
     ("wait", (int, float), "seconds"),
     ("since", (int, float), "a time in seconds since the epoch"),
+    ("exec", (str,), "a path"),  # daemon-reexec
 )
 
 

@@ -10,6 +10,7 @@ warning).
 
 from __future__ import annotations
 
+import argparse
 import ast
 import re
 import shutil
@@ -37,6 +38,8 @@ def test_aeterna_1_has_every_verb_and_option() -> None:
     page = _plain(manpages.aeterna_1())
     p = _parser()
     for a in p._actions:
+        if a.help == argparse.SUPPRESS:
+            continue  # internal (daemon-reexec's --check-state FD): not the user's
         for flag in a.option_strings:
             if flag not in ("-h", "--help"):
                 assert flag in page, flag
