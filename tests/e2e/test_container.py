@@ -138,6 +138,11 @@ def _scenario(engine: Engine, tmp: Path, reloads: int = 10, hups: int = 5) -> No
         wait_for(lambda: f"orphaned {ORPHANS}" in engine.logs(name), 30, "no orphans")
         first = int(re.findall(rb"pid (\d+)", _get(port)[1])[0])
         print(f"{engine.name}: serving {time.monotonic() - t0:.1f}s after run")
+        # systemctl is Aeterna's front end in the image, with systemctl's exit codes.
+        st = engine("exec", name, "systemctl", "is-active", "web.service", check=False)
+        assert st.returncode == 0 and st.stdout.strip() == "active", st
+        st = engine("exec", name, "systemctl", "is-active", "nope", check=False)
+        assert st.returncode != 0, st
 
         # ---- relays under load: `aeterna reload web` by exec, then SIGHUP to PID 1
         load = LoadGen(port, threads=4, keepalive=2, max_duration=240, max_requests=400_000,
