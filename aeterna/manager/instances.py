@@ -15,7 +15,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..loader.instances import find_template, split_instance
-from . import daemon_reload
+from . import daemon_reload, reloading
 
 if TYPE_CHECKING:
     from .manager import Manager
@@ -49,7 +49,7 @@ def add(m: Manager, name: str) -> str:
         return f"expected a template for {name}, found none"
     m.instances.append(name)
     m.log.info("unit.instance", unit=name, source=spec.source.file)
-    m._add_units([spec])
+    reloading.add_units(m, [spec])
     return ""
 
 

@@ -23,13 +23,13 @@ from ..linux import conditions, forking, inherited, pid1, proc, unitdirs
 from ..linux.sockets import SocketError, remove_listener
 from ..loader import LoadResult
 from ..log import Log
-from ..model import Condition, ServiceType, UnitSpec
+from ..model import Condition, UnitSpec
 from ..results import EXIT_FAILED, EXIT_OK, Result, errno_name
 from ..unit.pids import PidIndex
 from ..unit.runtime import UnitRuntime
-from ..unit.states import DOWN_STATES, STOPPING_STATES, UP_STATES, Deps, Event, State, Want
+from ..unit.states import DOWN_STATES, STOPPING_STATES, Deps, Event, State, Want
 from ..unit.watchdog import Timer
-from . import daemon_reload, environment, recovery, reexec
+from . import daemon_reload, environment, recovery, reexec, reloading
 from .activation import Activation
 from .faults import Faults
 from .journal import Journals, Ring
@@ -499,48 +499,8 @@ class Manager:
     def reload(self, relay: bool = True, new: dict[str, UnitSpec] | list[str] | None = None
                ) -> tuple[dict[str, Any], list[asyncio.Future[Outcome]]]:
         """SIGHUP, ``aeterna reload``: apply the unit files (``new``: as ``read_units``
-        gave them; read here if not given).
-
-        Broken files change nothing: the running configuration is kept and the
-        errors are reported. Returns (what was done, the relays' outcomes to come).
-        """
-        if self.upward is not None:
-            self.upward.reloading()
-        if new is None:
-            new = daemon_reload.read(self.paths, self.log, self.instances)
-        if isinstance(new, list):
-            self.log.error("reload.rejected", reason="invalid unit files",
-                           kept="running configuration")
-            if self.upward is not None:
-                self.upward.reloaded(f"reload rejected: {len(new)} errors; " + self.summary())
-            return {"ok": False, "errors": new}, []
-        d = daemon_reload.diff({n: r.spec for n, r in self.units.items()}, new)
-        daemon_reload.report(self.log, d, [n for n in d.removed
-                                           if self.units[n].state not in DOWN_STATES])
-        self.log.set_unit_levels({u.name: u.observability.log_level for u in new.values()})
-        if self.surfaces is not None:
-            self.background(self.surfaces.sync(list(new.values())))
-        self.watch_paths(list(new.values()))
-        if d.added and not self.shutting_down:
-            self._add_units([new[n] for n in d.added])
-        relayed: list[str] = []
-        futures: list[asyncio.Future[Outcome]] = []
-        for name in self.order:
-            spec = new.get(name)
-            runtime = self.units[name]
-            if spec is None:
-                continue
-            if relay and daemon_reload.relays(spec) and runtime.state in UP_STATES:
-                futures.append(self.relay(name, spec))
-                relayed.append(name)
-            elif name in d.changed:
-                runtime.spec = daemon_reload.keep_sockets(spec, runtime.spec, self.log)
-                self.log.info("reload.applied", unit=name, when="next start")
-        if d.changed:
-            self.ordering.reindex()
-        if self.upward is not None:
-            self.background(self._upward_reloaded(self.upward, futures))
-        return {"ok": True, **d.as_dict(), "relayed": relayed}, futures
+        gave them; read here if not given). See reloading.apply."""
+        return reloading.apply(self, relay, new)
 
     async def _upward_reloaded(self, upward: Upward, futures: list[asyncio.Future[Outcome]]
                                ) -> None:
@@ -558,26 +518,6 @@ class Manager:
 
             self.watcher = Watcher(self)
         self.watcher.sync(specs)
-
-    def _add_units(self, specs: list[UnitSpec]) -> None:
-        """Bind and start the units of new files, as at boot.
-
-        The directories given to ``aeterna start -c`` are what runs: a unit file that
-        appears there starts like the others did (as ``supervisorctl update`` does;
-        systemd would wait for ``systemctl start``).
-        """
-        for spec in specs:
-            runtime = self.units[spec.name] = UnitRuntime(spec, self)
-            self.bind_unit(runtime)
-            self.srp_for(runtime, spec)
-        self.ordering.reindex()
-        for spec in specs:
-            runtime = self.units[spec.name]
-            if runtime.state is State.INACTIVE:  # not failed at bind
-                svc = spec.service
-                self.log.info("reload.added", unit=spec.name, action="start" if svc.enabled
-                              and not svc.on_demand else "wait")
-                self._boot(runtime)
 
     def add_instance(self, name: str) -> str:
         """``aeterna start web@8080``: load an instance from its template and start it
@@ -602,22 +542,8 @@ class Manager:
     def reload_unit(self, name: str, new: UnitSpec | list[str] | None = None
                     ) -> tuple[str, UnitSpec | None, str]:
         """For ``aeterna reload UNIT``: (action, new definition, error); ``new`` as
-        ``read_unit`` gave it (read here if not given)."""
-        current = self.units[name].spec
-        spec_or_errors = new if new is not None else daemon_reload.read_for(
-            self.paths, self.log, current, self.instances)
-        if isinstance(spec_or_errors, list):
-            return "invalid", None, "\n".join(spec_or_errors)
-        spec = spec_or_errors
-        action = daemon_reload.action_for(spec, current)
-        if action == "relay" and spec.service.type is ServiceType.FORKING:
-            return "refused", None, (f"{name} is Type=forking: a hot relay needs N+1 to "
-                                     "accept beside N on the sockets it was handed, which a "
-                                     "daemon that forks and binds its own cannot do; set "
-                                     "Strategy=restart in [X-Aeterna], or use ExecReload=")
-        if action in ("restart", "in-place"):
-            spec = daemon_reload.keep_sockets(spec, current, self.log)
-        return action, spec, ""
+        ``read_unit`` gave it (read here if not given). See reloading.unit_action."""
+        return reloading.unit_action(self, name, new)
 
     def reread_unit(self, name: str) -> UnitSpec | None:
         """The unit's definition from the files now, or None if they do not validate."""
