@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import socket
+import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
@@ -139,6 +140,9 @@ class SrpUnit:
                 fut.set_exception(ConnectionError("peer-gone"))
 
     def close(self) -> None:
+        if self._persist_again is not None:  # a newer checkpoint than the thread's: now
+            self.persist(self._persist_again)
+            self._persist_again = None
         for chan in list(self.channels.values()):
             self._close_channel(chan)
         if self.latest is not None:
@@ -357,15 +361,20 @@ class SrpUnit:
 
         Writing 4 x 256 MiB on the loop stalled it for over a second. The thread
         reads dups of the memfds, so a newer checkpoint may replace (and close)
-        this one meanwhile.
+        this one meanwhile. That is sound for sealed snapshots only: an ``arena``
+        is writable, and its bytes are the state only at the moment it is handed
+        over, so a checkpoint holding one is written at once, on the loop.
         """
-        if self._persisting:
-            self._persist_again = directory
-            return
         ck = self.latest
         if ck is None:
             return
         kinds = _split(ck.fields.get("FDKINDS", ""))
+        if "arena" in kinds and not self._persisting:
+            self.persist(directory)
+            return
+        if self._persisting:
+            self._persist_again = directory
+            return
         blobs = [os.dup(fd) for fd, k in zip(ck.fds, kinds, strict=False) if k != "conn"]
         self._persisting = True
         self.host.background(self._persist_in_thread(directory, dict(ck.fields), blobs,
@@ -430,7 +439,7 @@ def _write_checkpoint(path: str, fields: dict[str, str], blobs: list[int],
                       generation: int) -> None:
     """Write a checkpoint atomically: temp file, fsync, rename (the blobs are only read)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
+    tmp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"  # the loop's and a thread's
     header = {"fields": fields, "sizes": [os.fstat(fd).st_size for fd in blobs],
               "generation": generation}
     with open(tmp, "wb") as f:
