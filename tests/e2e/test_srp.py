@@ -510,7 +510,8 @@ def test_required_state_waits_for_loaded_after_an_early_ready(aeterna: Any) -> N
     out = relay(m)
     assert out["outcome"] == "promoted" and out["handoff"] == "ok", out
     # The manager's own lines, in the order it acted: ready (soak 0 ends at once),
-    # then the handoff, and only then the promotion.
+    # then the handoff, and only then the promotion (the reply may beat the log pipe).
+    m.wait_line(r"relay\.phase unit=u generation=2 phase=done", 10)
     soaking = m.index_of(r"relay\.phase unit=u generation=2 phase=soaking")
     loaded = m.index_of(r"srp\.handoff unit=u generation=2 outcome=ok")
     promoting = m.index_of(r"relay\.phase unit=u generation=2 phase=promoting")
@@ -525,6 +526,8 @@ def test_a_hello_flood_costs_one_checkpoint(aeterna: Any) -> None:
                      handoff=handoff))
     out = relay(m)
     assert out["outcome"] == "promoted" and out["handoff"] == "ok", out
+    m.wait_line(r"srp_raw gen=2 got state", 10)
+    m.wait_line(r"relay\.phase unit=u generation=2 phase=done", 10)
     assert m.count(r"srp_app gen=1 quiesced") == 1
     assert m.count(r"srp_raw gen=2 got state") == 1
     assert m.ctl("ping")["ok"]
